@@ -1,0 +1,211 @@
+"""One frozen description of a decoder-only transformer; GPT-2, GPT-J, GPT-NeoX and Llama are values of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama")
+ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything the forward pass needs to know about an architecture; hashable, so it can be static under jit."""
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    max_positions: int
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    positions: str = "learned"  # "learned" | "rotary"
+    rotary_dim: int = 0  # head dimensions that rotate (the first ones); 0 with learned positions
+    rotary_style: str = "half"  # "half" (NeoX, Llama: rotate halves) | "interleaved" (GPT-J: rotate pairs)
+    rope_theta: float = 10000.0
+    parallel_residual: bool = False  # h + attn(norm(h)) + mlp(norm'(h)) instead of two sequential steps
+    shared_norm: bool = False  # parallel blocks that feed one norm to both branches (GPT-J)
+    mlp: str = "gelu"  # "gelu" (up, act, down) | "swiglu" (act(gate) * up, down)
+    activation: str = "gelu_tanh"
+    qkv_bias: bool = True
+    attn_out_bias: bool = True
+    mlp_bias: bool = True
+    tied_head: bool = True
+    head_bias: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "family": (self.family, FAMILIES),
+            "norm": (self.norm, ("layernorm", "rmsnorm")),
+            "positions": (self.positions, ("learned", "rotary")),
+            "rotary_style": (self.rotary_style, ("half", "interleaved")),
+            "mlp": (self.mlp, ("gelu", "swiglu")),
+            "activation": (self.activation, ACTIVATIONS),
+        }
+        for name, (value, accepted) in checks.items():
+            if value not in accepted:
+                raise ValueError(f"ModelConfig.{name}={value!r} is not supported; accepted: {', '.join(accepted)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.positions == "rotary" and not (0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
+        if self.shared_norm and not self.parallel_residual:
+            raise ValueError("shared_norm only makes sense with parallel_residual=True")
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+
+def _get(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
+    """The first of several spellings a config.json may use for one field (they changed across versions)."""
+    for name in names:
+        if cfg.get(name) is not None:
+            return cfg[name]
+    return default
+
+
+def _rope(cfg: dict[str, Any], default_theta: float, default_fraction: float) -> tuple[float, float]:
+    """(rope theta, rotary fraction) from either the old flat keys or transformers 5's `rope_parameters`."""
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        raise ValueError(f"rope scaling type {kind!r} is not supported; only unscaled rotary ('default') is")
+    theta = _get(rope, "rope_theta", default=_get(cfg, "rope_theta", "rotary_emb_base", default=default_theta))
+    fraction = _get(
+        rope, "partial_rotary_factor", default=_get(cfg, "partial_rotary_factor", "rotary_pct", default=default_fraction)
+    )
+    return float(theta), float(fraction)
+
+
+_ACTIVATION_NAMES = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
+
+
+def _activation(name: str) -> str:
+    if name not in _ACTIVATION_NAMES:
+        raise ValueError(f"activation {name!r} is not supported; accepted: {', '.join(_ACTIVATION_NAMES)}")
+    return _ACTIVATION_NAMES[name]
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    """Read a Hugging Face `config.json` (as a dict) into a ModelConfig, with transformers' defaults."""
+    model_type = cfg.get("model_type")
+    if model_type == "gpt2":
+        if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
+            raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or unscaled attention are not supported")
+        d = cfg["n_embd"]
+        heads = cfg["n_head"]
+        return ModelConfig(
+            family="gpt2",
+            vocab_size=cfg["vocab_size"],
+            d_model=d,
+            n_layers=cfg["n_layer"],
+            n_heads=heads,
+            n_kv_heads=heads,
+            head_dim=d // heads,
+            d_mlp=_get(cfg, "n_inner", default=4 * d),
+            max_positions=_get(cfg, "n_positions", "n_ctx", default=1024),
+            norm_eps=_get(cfg, "layer_norm_epsilon", default=1e-5),
+            activation=_activation(_get(cfg, "activation_function", default="gelu_new")),
+            tied_head=_get(cfg, "tie_word_embeddings", default=True),
+        )
+    if model_type == "gptj":
+        d = cfg["n_embd"]
+        heads = cfg["n_head"]
+        return ModelConfig(
+            family="gptj",
+            vocab_size=cfg["vocab_size"],
+            d_model=d,
+            n_layers=cfg["n_layer"],
+            n_heads=heads,
+            n_kv_heads=heads,
+            head_dim=d // heads,
+            d_mlp=_get(cfg, "n_inner", default=4 * d),
+            max_positions=_get(cfg, "n_positions", default=2048),
+            norm_eps=_get(cfg, "layer_norm_epsilon", default=1e-5),
+            positions="rotary",
+            rotary_dim=_get(cfg, "rotary_dim", default=d // heads),
+            rotary_style="interleaved",
+            parallel_residual=True,
+            shared_norm=True,
+            activation=_activation(_get(cfg, "activation_function", default="gelu_new")),
+            qkv_bias=False,
+            attn_out_bias=False,
+            tied_head=_get(cfg, "tie_word_embeddings", default=False),
+            head_bias=True,
+        )
+    if model_type == "gpt_neox":
+        d = cfg["hidden_size"]
+        heads = cfg["num_attention_heads"]
+        theta, fraction = _rope(cfg, 10000.0, 0.25)
+        bias = _get(cfg, "attention_bias", default=True)
+        return ModelConfig(
+            family="gpt_neox",
+            vocab_size=cfg["vocab_size"],
+            d_model=d,
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=heads,
+            n_kv_heads=heads,
+            head_dim=d // heads,
+            d_mlp=_get(cfg, "intermediate_size", default=4 * d),
+            max_positions=_get(cfg, "max_position_embeddings", default=2048),
+            norm_eps=_get(cfg, "layer_norm_eps", default=1e-5),
+            positions="rotary",
+            rotary_dim=int(d // heads * fraction),
+            rope_theta=theta,
+            parallel_residual=_get(cfg, "use_parallel_residual", default=True),
+            activation=_activation(_get(cfg, "hidden_act", default="gelu")),
+            qkv_bias=bias,
+            attn_out_bias=bias,
+            tied_head=_get(cfg, "tie_word_embeddings", default=False),
+        )
+    if model_type == "llama":
+        d = cfg["hidden_size"]
+        heads = cfg["num_attention_heads"]
+        head_dim = _get(cfg, "head_dim", default=d // heads)
+        theta, fraction = _rope(cfg, 10000.0, 1.0)
+        bias = _get(cfg, "attention_bias", default=False)
+        return ModelConfig(
+            family="llama",
+            vocab_size=cfg["vocab_size"],
+            d_model=d,
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=heads,
+            n_kv_heads=_get(cfg, "num_key_value_heads", default=heads),
+            head_dim=head_dim,
+            d_mlp=cfg["intermediate_size"],
+            max_positions=_get(cfg, "max_position_embeddings", default=2048),
+            norm="rmsnorm",
+            norm_eps=_get(cfg, "rms_norm_eps", default=1e-6),
+            positions="rotary",
+            rotary_dim=int(head_dim * fraction),
+            rope_theta=theta,
+            mlp="swiglu",
+            activation=_activation(_get(cfg, "hidden_act", default="silu")),
+            qkv_bias=bias,
+            attn_out_bias=bias,
+            mlp_bias=_get(cfg, "mlp_bias", default=False),
+            tied_head=_get(cfg, "tie_word_embeddings", default=False),
+        )
+    raise ValueError(
+        f"unknown architecture model_type={model_type!r}; supported families: {', '.join(FAMILIES)} "
+        "(GPT-2, GPT-J, GPT-NeoX/Pythia, Llama and Llama-like such as SmolLM2)"
+    )

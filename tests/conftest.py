@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny random checkpoints built by transformers, the embedded SmolLM2, and the data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jrome
+
+DATA_DIR = Path(os.environ.get("JROME_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# Tiny configs that exercise what differs between the families: partial and interleaved rotary, parallel
+# residuals with one or two norms, grouped-query attention, biases, tied and untied heads.
+TINY = {
+    "gpt2": dict(n_layer=3, n_embd=32, n_head=4, vocab_size=96, n_positions=64, n_inner=48),
+    "gptj": dict(n_layer=3, n_embd=64, n_head=4, vocab_size=96, n_positions=64, rotary_dim=8),
+    "gpt_neox": dict(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=48, vocab_size=96,
+        rotary_pct=0.5, max_position_embeddings=64,
+    ),
+    "gpt_neox_sequential": dict(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=48, vocab_size=96,
+        use_parallel_residual=False, max_position_embeddings=64,
+    ),
+    "llama": dict(
+        num_hidden_layers=3, hidden_size=48, num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=96, rope_theta=100000.0, max_position_embeddings=64, tie_word_embeddings=True,
+    ),
+    "llama_bias": dict(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4, intermediate_size=40,
+        vocab_size=96, attention_bias=True, mlp_bias=True, max_position_embeddings=64,
+    ),
+}  # fmt: skip
+
+
+def build_torch_model(name: str, seed: int = 0):
+    """A tiny transformers model of one family with weights large enough that mistakes show."""
+    import torch
+    import transformers
+
+    family = name.split("_sequential")[0].split("_bias")[0]
+    config_cls, model_cls = {
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
+        "gptj": (transformers.GPTJConfig, transformers.GPTJForCausalLM),
+        "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM),
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    }[family]
+    torch.manual_seed(seed)
+    config = config_cls(**TINY[name], bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config._attn_implementation = "eager"
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 1 and ("norm" in pname or "ln" in pname) and pname.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A factory: family name → directory holding that tiny model, saved as safetensors."""
+    cache: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in cache:
+            path = tmp_path_factory.mktemp(name)
+            build_torch_model(name).save_pretrained(path, safe_serialization=True)
+            cache[name] = path
+        return cache[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> jrome.LM:
+    return jrome.load("smollm2")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
