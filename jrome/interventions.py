@@ -54,7 +54,7 @@ class Patch:
         """[K, B|1, D]: values with the row axis made explicit."""
         return self.value.reshape(self.value.shape[0], -1, self.value.shape[-1])
 
-    def replace(self, layer: jax.Array, cols: jax.Array, x: jax.Array) -> jax.Array:
+    def overwrite(self, layer: jax.Array, cols: jax.Array, x: jax.Array) -> jax.Array:
         """x [B, R, D] with the writes for `layer` replacing what was there (at most one write per site)."""
         hits = self._hits(layer, cols)
         values = self._values().astype(x.dtype)
@@ -64,7 +64,7 @@ class Patch:
         new = values[first, rows]
         return jnp.where(hits.any(axis=0)[..., None], new, x)
 
-    def add(self, layer: jax.Array, cols: jax.Array, x: jax.Array) -> jax.Array:
+    def add_into(self, layer: jax.Array, cols: jax.Array, x: jax.Array) -> jax.Array:
         """x [B, R, D] plus the sum of the writes for `layer`."""
         hits = self._hits(layer, cols).astype(x.dtype)
         return x + jnp.einsum("kbr,kbd->brd", hits, self._values().astype(x.dtype), precision="highest")

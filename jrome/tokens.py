@@ -16,9 +16,7 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def encode(
-    tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left"
-) -> tuple[np.ndarray, np.ndarray]:
+def encode(tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left") -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask [B, T] for a batch of texts, padded on the left (default) or right.
 
     Left padding keeps every prompt's last token in the last column, which is where next-token logits
@@ -30,7 +28,7 @@ def encode(
     if not texts:
         raise ValueError("no texts to encode")
     rows = [tokenizer(t)["input_ids"] for t in texts]
-    empty = [t for t, r in zip(texts, rows) if not r]
+    empty = [t for t, r in zip(texts, rows, strict=True) if not r]
     if empty:
         raise ValueError(f"text {empty[0]!r} tokenises to nothing")
     width = max(len(r) for r in rows)

@@ -12,6 +12,18 @@ import jrome
 
 DATA_DIR = Path(os.environ.get("JROME_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
+
+def data_file(relative: str) -> Path:
+    """A file of the shared data folder; skipped when absent, unless JROME_REQUIRE_DATA=1 (CI) makes it a failure."""
+    path = DATA_DIR / relative
+    if not path.is_file():
+        message = f"{path} is missing; see data/README.md (set JROME_DATA_DIR)"
+        if os.environ.get("JROME_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 # Tiny configs that exercise what differs between the families: partial and interleaved rotary, parallel
 # residuals with one or two norms, grouped-query attention, biases, tied and untied heads.
 TINY = {

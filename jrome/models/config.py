@@ -83,7 +83,9 @@ def _rope(cfg: dict[str, Any], default_theta: float, default_fraction: float) ->
         raise ValueError(f"rope scaling type {kind!r} is not supported; only unscaled rotary ('default') is")
     theta = _get(rope, "rope_theta", default=_get(cfg, "rope_theta", "rotary_emb_base", default=default_theta))
     fraction = _get(
-        rope, "partial_rotary_factor", default=_get(cfg, "partial_rotary_factor", "rotary_pct", default=default_fraction)
+        rope,
+        "partial_rotary_factor",
+        default=_get(cfg, "partial_rotary_factor", "rotary_pct", default=default_fraction),
     )
     return float(theta), float(fraction)
 
@@ -110,7 +112,9 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     model_type = cfg.get("model_type")
     if model_type == "gpt2":
         if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
-            raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or unscaled attention are not supported")
+            raise ValueError(
+                "GPT-2 variants with scale_attn_by_inverse_layer_idx or unscaled attention are not supported"
+            )
         d = cfg["n_embd"]
         heads = cfg["n_head"]
         return ModelConfig(

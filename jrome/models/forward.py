@@ -162,7 +162,7 @@ def block(
     a_in = norm(cfg, p["norm_attn"], h)
     attn, k, v = attention(cfg, p["attn"], a_in, rope, self_mask, ctx)
     if iv.attn is not None:
-        attn = iv.attn.replace(layer, cols, attn)
+        attn = iv.attn.overwrite(layer, cols, attn)
     if cfg.parallel_residual:
         m_in = a_in if cfg.shared_norm else norm(cfg, p["norm_mlp"], h)
     else:
@@ -170,12 +170,12 @@ def block(
         m_in = norm(cfg, p["norm_mlp"], h)
     out, key = mlp(cfg, p["mlp"], m_in)
     if iv.mlp is not None:
-        out = iv.mlp.replace(layer, cols, out)
+        out = iv.mlp.overwrite(layer, cols, out)
     if iv.mlp_add is not None:
-        out = iv.mlp_add.add(layer, cols, out)
+        out = iv.mlp_add.add_into(layer, cols, out)
     h = h + attn + out if cfg.parallel_residual else h + out
     if iv.resid is not None:
-        h = iv.resid.replace(layer, cols, h)
+        h = iv.resid.overwrite(layer, cols, h)
     acts = {"resid": h, "mlp_key": key, "mlp": out, "attn": attn, "attn_k": k, "attn_v": v}
     return h, {name: acts[name] for name in iv.capture}
 

@@ -221,7 +221,7 @@ def hf_tensors(f: GGUFFile, cfg: ModelConfig) -> tuple[set[str], Any]:
 
 
 def tokenizer_from_gguf(f: GGUFFile) -> Any:
-    """A transformers fast tokenizer built from the vocabulary and merges stored in the file.
+    """A transformers fast tokenizer built from the vocabulary and merges stored in the file (None if it has none).
 
     Byte-level BPE ("gpt2" tokenizer model, as SmolLM2, GPT-2 and most BPE models use) with GPT-2's
     pre-tokenizer; special tokens are the file's control tokens; a BOS is prepended when the file asks.
@@ -230,6 +230,8 @@ def tokenizer_from_gguf(f: GGUFFile) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     m = f.metadata
+    if "tokenizer.ggml.tokens" not in m:
+        return None
     kind, pre = m.get("tokenizer.ggml.model"), m.get("tokenizer.ggml.pre", "default")
     if kind != "gpt2" or pre not in ("default", "gpt2", "smollm", "gpt-2"):
         raise ValueError(
@@ -242,7 +244,9 @@ def tokenizer_from_gguf(f: GGUFFile) -> Any:
     backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types, strict=True) if k == 3]
+    )
 
     def special(name: str) -> str | None:
         index = m.get(f"tokenizer.ggml.{name}_token_id")

@@ -134,7 +134,7 @@ def _split_qkv(cfg: ModelConfig, family: str, w: np.ndarray, b: np.ndarray | Non
         kernels = [np.ascontiguousarray(per_head[:, j].reshape(h * hd, d).T) for j in range(3)]
         biases = [b.reshape(h, 3, hd)[:, j].reshape(-1) for j in range(3)] if b is not None else [None] * 3
     out = {}
-    for name, kernel, bias in zip("qkv", kernels, biases):
+    for name, kernel, bias in zip("qkv", kernels, biases, strict=True):
         out[name] = {"kernel": kernel} | ({"bias": bias} if bias is not None else {})
     return out
 
@@ -150,7 +150,7 @@ def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, conve
     def read(name: str) -> np.ndarray:
         full = prefix + name
         if full not in names:
-            raise KeyError(f"the checkpoint has no tensor {full!r}, which a {family} model with this config needs")
+            raise ValueError(f"the checkpoint has no tensor {full!r}, which a {family} model with this config needs")
         return get(full)
 
     params: dict = {}
@@ -158,9 +158,13 @@ def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, conve
         _set(params, path, convert(_from_layout(read(name), layout)))
     head = _HEAD[family]
     if not cfg.tied_head:
-        _set(params, ("head", "kernel"), convert(_from_layout(get_any(names, get, head + ".weight", prefix), "linear")))
+        _set(
+            params,
+            ("head", "kernel"),
+            convert(_from_layout(_head_tensor(names, get, head + ".weight", prefix), "linear")),
+        )
     if cfg.head_bias:
-        _set(params, ("head", "bias"), convert(get_any(names, get, head + ".bias", prefix)))
+        _set(params, ("head", "bias"), convert(_head_tensor(names, get, head + ".bias", prefix)))
 
     blocks: dict = {}
     for path, name, layout in _LAYER[family]:
@@ -185,12 +189,12 @@ def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, conve
     return params
 
 
-def get_any(names: set[str], get: Getter, name: str, prefix: str) -> np.ndarray:
+def _head_tensor(names: set[str], get: Getter, name: str, prefix: str) -> np.ndarray:
     """A head tensor, which lives outside the base model's prefix (`lm_head.weight`) but is sometimes inside it."""
     for candidate in (name, prefix + name):
         if candidate in names:
             return get(candidate)
-    raise KeyError(f"the checkpoint has no tensor {name!r} (the untied LM head)")
+    raise ValueError(f"the checkpoint has no tensor {name!r} (the untied LM head)")
 
 
 def checkpoint_from_params(cfg: ModelConfig, params: Mapping) -> dict[str, np.ndarray]:

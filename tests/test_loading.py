@@ -1,0 +1,209 @@
+"""Loading checkpoints: directories, shards, the hub cache, GGUF files, dtypes, and every way that can go wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import build_torch_model
+from gguf_helpers import write_llama_gguf
+from test_parity import torch_run
+
+import jrome
+from jrome.models.config import config_from_hf
+
+
+def test_importing_jrome_does_not_import_torch():
+    code = "import sys, jrome; jrome.load('smollm2'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_sharded_checkpoint_loads_like_a_single_file(tiny_dir, tmp_path, rng):
+    model = build_torch_model("gpt_neox")
+    model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    ids = rng.integers(0, 96, size=(1, 10))
+    sharded = jrome.forward(jrome.load(tmp_path), ids).logits
+    single = jrome.forward(jrome.load(tiny_dir("gpt_neox")), ids).logits
+    np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_config_matches_transformers_defaults_and_values(tiny_dir, name):
+    import transformers
+
+    cfg = jrome.load(tiny_dir(name)).config
+    hf = transformers.AutoConfig.from_pretrained(tiny_dir(name))
+    assert cfg.n_layers == hf.num_hidden_layers and cfg.d_model == hf.hidden_size
+    assert cfg.n_heads == hf.num_attention_heads
+
+
+def test_old_style_config_keys_are_read():
+    cfg = config_from_hf(
+        {"model_type": "gpt_neox", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+         "vocab_size": 10, "rotary_pct": 0.5, "rotary_emb_base": 500.0, "intermediate_size": 8}
+    )  # fmt: skip
+    assert cfg.rotary_dim == 8 and cfg.rope_theta == 500.0
+    cfg = config_from_hf(
+        {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+         "vocab_size": 10, "rope_theta": 100000.0, "intermediate_size": 8}
+    )  # fmt: skip
+    assert cfg.rope_theta == 100000.0 and cfg.n_kv_heads == 4 and cfg.rotary_dim == 16
+
+
+def test_gguf_written_like_llama_cpp_matches_transformers(tmp_path, rng):
+    model = build_torch_model("llama")
+    path = write_llama_gguf(model, tmp_path / "tiny.gguf")
+    lm = jrome.load(path)
+    assert lm.config.n_kv_heads == 2 and lm.config.rope_theta == 100000.0 and lm.config.tied_head
+    ids = rng.integers(0, 96, size=(2, 11))
+    ref, _ = torch_run(model, ids)
+    np.testing.assert_allclose(np.asarray(jrome.forward(lm, ids).logits), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_quantised_gguf_is_dequantised(tmp_path, rng):
+    model = build_torch_model("llama")
+    lm = jrome.load(write_llama_gguf(model, tmp_path / "q8.gguf", qtype=gguf.GGMLQuantizationType.Q8_0))
+    exact = jrome.load(write_llama_gguf(model, tmp_path / "f32.gguf"))
+    q = np.asarray(lm.params["blocks"]["mlp"]["down"]["kernel"])
+    f = np.asarray(exact.params["blocks"]["mlp"]["down"]["kernel"])
+    assert not np.array_equal(q, f)
+    np.testing.assert_allclose(q, f, atol=np.abs(f).max() / 100)
+
+
+def test_bfloat16(tiny_dir, rng):
+    ids = rng.integers(0, 96, size=(1, 10))
+    lm16 = jrome.load(tiny_dir("llama"), dtype="bfloat16")
+    assert lm16.dtype == jnp.bfloat16
+    logits16 = jrome.forward(lm16, ids).logits
+    assert logits16.dtype == jnp.float32
+    logits32 = np.asarray(jrome.forward(jrome.load(tiny_dir("llama")), ids).logits)
+    err = np.abs(np.asarray(logits16) - logits32).max()
+    assert 0 < err < 0.05 * np.abs(logits32).max()
+
+
+def test_hub_id_is_resolved_through_the_hub_cache(tiny_dir, tmp_path):
+    """Offline, a hub id resolves to the local Hugging Face cache; a missing one is a clear error."""
+    repo = tmp_path / "hub" / "models--jrome-test--tiny-gpt2"
+    commit = "0" * 40
+    shutil.copytree(tiny_dir("gpt2"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    code = (
+        "import jrome, sys\n"
+        "lm = jrome.load('jrome-test/tiny-gpt2'); print(lm.config.family, lm.config.n_layers)\n"
+        "try:\n    jrome.load('jrome-test/absent')\nexcept OSError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert "gpt2 3" in out
+    assert "ERR could not get 'jrome-test/absent' from the Hugging Face hub" in out and "local directory" in out
+
+
+# Bad input: each a clear error that names what was wrong.
+
+
+def test_unknown_architecture_lists_the_supported_families(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    with pytest.raises(ValueError, match="model_type='bert'.*gpt2, gptj, gpt_neox, llama"):
+        jrome.load(tmp_path)
+
+
+def test_missing_safetensors_names_the_directory(tiny_dir, tmp_path):
+    shutil.copy(tiny_dir("gpt2") / "config.json", tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no \\*.safetensors"):
+        jrome.load(tmp_path)
+
+
+def test_truncated_safetensors_names_the_file(tiny_dir, tmp_path):
+    shutil.copy(tiny_dir("gpt2") / "config.json", tmp_path / "config.json")
+    data = (tiny_dir("gpt2") / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
+        jrome.load(tmp_path)
+
+
+def test_missing_shard_names_the_shard(tmp_path):
+    build_torch_model("gpt2").save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
+    shard = sorted(tmp_path.glob("*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=f"shard {shard.name}"):
+        jrome.load(tmp_path)
+
+
+def test_missing_tensor_is_named(tiny_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copy(tiny_dir("llama") / "config.json", tmp_path / "config.json")
+    tensors = load_file(tiny_dir("llama") / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="no tensor 'model.layers.1.mlp.up_proj.weight'"):
+        jrome.load(tmp_path)
+
+
+def test_unsupported_gguf_quantisation(tmp_path):
+    writer = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
+    for key, value in [("block_count", 1), ("embedding_length", 256), ("feed_forward_length", 256),
+                       ("attention.head_count", 2)]:  # fmt: skip
+        writer.add_uint32(f"llama.{key}", value)
+    iq = gguf.GGMLQuantizationType.IQ2_XXS
+    block, size = gguf.GGML_QUANT_SIZES[iq]
+    writer.add_tensor("token_embd.weight", np.zeros((4, 256 // block * size), np.uint8), raw_dtype=iq)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="unsupported GGUF quantisation IQ2_XXS.*supported: F32, F16, BF16, Q4_0"):
+        jrome.load(tmp_path / "iq.gguf")
+
+
+def test_unsupported_gguf_architecture(tmp_path):
+    model = build_torch_model("llama")
+    with pytest.raises(ValueError, match="GGUF architecture 'falcon' is not supported; supported: llama"):
+        jrome.load(write_llama_gguf(model, tmp_path / "f.gguf", arch="falcon"))
+
+
+def test_not_a_gguf_file(tmp_path):
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf at all, just text")
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        jrome.load(tmp_path / "x.gguf")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "fp32", "int8"])
+def test_wrong_dtype_string(tiny_dir, dtype):
+    with pytest.raises(ValueError, match=f"dtype '{dtype}' is not supported; accepted: float32, bfloat16"):
+        jrome.load(tiny_dir("gpt2"), dtype=dtype)
+
+
+def test_unknown_spec():
+    with pytest.raises(FileNotFoundError, match="model 'no-such-model' not found"):
+        jrome.load("no-such-model")
+
+
+def test_forward_rejects_bad_ids(tiny_dir):
+    lm = jrome.load(tiny_dir("gpt2"))
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 96\)"):
+        jrome.forward(lm, np.array([[1, 2, 96]]))
+    with pytest.raises(ValueError, match="exceed the model's context of 64"):
+        jrome.forward(lm, np.zeros((1, 65), np.int32))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        jrome.forward(lm, np.zeros((1, 5), np.int32), np.ones((1, 4)))
+    with pytest.raises(ValueError, match="integer token ids"):
+        jrome.forward(lm, np.zeros((1, 5), np.float32))
+
+
+def test_path_that_is_a_file_but_not_a_model(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="neither a .gguf file nor a model directory"):
+        jrome.load(Path(tmp_path / "weights.bin"))
