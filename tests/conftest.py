@@ -73,6 +73,60 @@ def build_torch_model(name: str, seed: int = 0):
     return model
 
 
+WORDS = [
+    "the",
+    "eiffel",
+    "tower",
+    "is",
+    "located",
+    "in",
+    "city",
+    "of",
+    "paris",
+    "rome",
+    "space",
+    "needle",
+    "seattle",
+    "louvre",
+    "a",
+    "an",
+    "and",
+    "to",
+    "big",
+    "old",
+    "new",
+    "famous",
+    "museum",
+    "river",
+    "bridge",
+    "capital",
+    "country",
+    "france",
+    "italy",
+    "speaks",
+    "language",
+    "french",
+]
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over a few dozen words (ids below the tiny models' vocabulary of 96)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1} | {w: i + 2 for i, w in enumerate(WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_dir):
+    """A factory: family name → a tiny model with the word-level tokenizer, for tests that need text."""
+    tok = tiny_tokenizer()
+    return lambda name: jrome.load(tiny_dir(name), tokenizer=tok)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A factory: family name → directory holding that tiny model, saved as safetensors."""

@@ -130,7 +130,9 @@ def corrupt_and_clean(
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
     ids = np.asarray(lm.tokenizer(prompt)["input_ids"], np.int32)
     if len(ids) > lm.config.max_positions:
-        raise ValueError(f"the prompt has {len(ids)} tokens, more than the model's context of {lm.config.max_positions}")
+        raise ValueError(
+            f"the prompt has {len(ids)} tokens, more than the model's context of {lm.config.max_positions}"
+        )
     start, end = subject_range(lm.tokenizer, prompt, subject)
     cfg, d = lm.config, lm.config.d_model
 
@@ -203,7 +205,9 @@ def corrupt_and_clean(
     )
 
 
-def restore(lm: LM, runs: Runs, kind: str = "hidden", *, window: int = 10, sever: str | None = None, chunk: int | None = None) -> TraceResult:
+def restore(
+    lm: LM, runs: Runs, kind: str = "hidden", *, window: int = 10, sever: str | None = None, chunk: int | None = None
+) -> TraceResult:
     """Every restoration of one kind for prepared runs, in one jitted call."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}")
@@ -213,9 +217,11 @@ def restore(lm: LM, runs: Runs, kind: str = "hidden", *, window: int = 10, sever
         raise ValueError(f"sever={sever!r}; accepted: None, 'mlp', 'attn'")
     if sever is not None and kind != "hidden":
         raise ValueError("sever applies to hidden-state traces only (kind='hidden')")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"chunk must be a positive number of lanes, got {chunk}")
     cfg = lm.config
+    if chunk is None:
+        chunk = 1 if jax.default_backend() == "cpu" else cfg.n_layers
+    if not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise ValueError(f"chunk must be a positive number of lanes, got {chunk!r}")
     n_tokens = len(runs.ids)
     plan = plan_layers(cfg.n_layers, kind, window, sever)
     rows = plan_rows(n_tokens, runs.span[0])
@@ -224,7 +230,9 @@ def restore(lm: LM, runs: Runs, kind: str = "hidden", *, window: int = 10, sever
     else:
         site, source, clean_site, corrupt_site = kind, "clean", runs.clean[kind], None
     clean = {"inputs": runs.clean["inputs"]} | ({"site": clean_site} if clean_site is not None else {})
-    corrupt = {k: runs.corrupt[k] for k in ("inputs", "k", "v")} | ({"site": corrupt_site} if corrupt_site is not None else {})
+    corrupt = {k: runs.corrupt[k] for k in ("inputs", "k", "v")} | (
+        {"site": corrupt_site} if corrupt_site is not None else {}
+    )
     probs = restoration_probs(
         cfg,
         lm.params,
@@ -286,7 +294,7 @@ def trace(
     scale instead of a Gaussian; replace sets the subject embeddings to the noise instead of adding it.
     answer: the token (id or string, first token) to score; default the clean prediction. sever: "mlp" or "attn"
     freezes that module's outputs at the restored token in every layer at their corrupted values (paper Fig. 3).
-    chunk: lanes per vmapped batch, to bound memory (default: all at once).
+    chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU, all at once on accelerators.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}")

@@ -49,13 +49,20 @@ def reference_interventions(
     return Interventions(**iv)
 
 
-def reference_scores(lm: LM, runs: Runs, kind: str, window: int = 10, sever: str | None = None) -> np.ndarray:
-    """[T, L] p(answer) averaged over samples, one jitted full forward per (token, layer) restoration."""
+def restoration_prob(
+    lm: LM, runs: Runs, kind: str, token: int, layer: int, window: int = 10, sever: str | None = None
+) -> float:
+    """p(answer) averaged over samples for one restoration, by a full forward of the corrupted batch."""
     cfg = lm.config
     ids = jnp.asarray(np.repeat(runs.ids[None], runs.samples, 0))
-    scores = np.zeros((len(runs.ids), cfg.n_layers))
-    for token in range(len(runs.ids)):
-        for layer in range(cfg.n_layers):
-            iv = reference_interventions(runs, kind, token, layer, cfg.n_layers, window, sever)
-            scores[token, layer] = float(_prob_jit(cfg, lm.params, ids, iv, runs.answer_id))
+    iv = reference_interventions(runs, kind, token, layer, cfg.n_layers, window, sever)
+    return float(_prob_jit(cfg, lm.params, ids, iv, runs.answer_id))
+
+
+def reference_scores(lm: LM, runs: Runs, kind: str, window: int = 10, sever: str | None = None) -> np.ndarray:
+    """[T, L] p(answer) averaged over samples, one jitted full forward per (token, layer) restoration."""
+    scores = np.zeros((len(runs.ids), lm.config.n_layers))
+    for token in range(scores.shape[0]):
+        for layer in range(scores.shape[1]):
+            scores[token, layer] = restoration_prob(lm, runs, kind, token, layer, window, sever)
     return scores

@@ -45,7 +45,7 @@ def restoration_probs(
     site: str | None,
     source: str,
     restore_input: bool,
-    chunk: int | None,
+    chunk: int,
 ) -> jax.Array:
     """p(answer) at the last token, averaged over noise samples, for every slot: [lanes, 2 slots, rows, 2 segments].
 
@@ -107,7 +107,9 @@ def restoration_probs(
             iv = Interventions()
             if site is not None:
                 active = (layer >= lo[slot]) & (layer < hi[slot])
-                patch = Patch(layer=jnp.where(active, layer, -1) * jnp.ones(2, jnp.int32), token=token, value=patch_value(layer))
+                patch = Patch(
+                    layer=jnp.where(active, layer, -1) * jnp.ones(2, jnp.int32), token=token, value=patch_value(layer)
+                )
                 iv = Interventions(**{site: patch})
             h, _ = block(cfg, p, h, layer, vcols, rope, self_mask, ctx, iv)
             return (h, fin), None
@@ -118,7 +120,9 @@ def restoration_probs(
         return transition(jnp.int32(steps), h, fin)[1]
 
     lanes = (plan["start"], plan["count"], plan["lo"], plan["hi"])
-    if chunk is None or chunk >= plan["start"].shape[0]:
+    if chunk == 1:  # one lane at a time: plain matmuls with the lane's own weights, no batched gather
+        finals = lax.map(lambda x: lane(*x), lanes)
+    elif chunk >= plan["start"].shape[0]:
         finals = jax.vmap(lane)(*lanes)
     else:
         finals = lax.map(lambda x: lane(*x), lanes, batch_size=chunk)

@@ -98,4 +98,3 @@ def plan_rows(n_tokens: int, first: int) -> RowPlan:
             last[r, s] = pos + n - 1
             pos += n
     return RowPlan(seg_start=np.array(pairs, np.int32), cols=cols, seg=seg, valid=seg < 2, last=last)
-
