@@ -84,6 +84,79 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_suffix(path: str, kind: str, many: bool, suffix: str) -> str:
+    """out.png → out_hidden.png when several kinds are traced; the suffix sets the format."""
+    stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
+    return f"{stem}_{kind}{suffix}" if many else f"{stem}{suffix}"
+
+
+def _noise_arg(text: str) -> str | float:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .models.loading import load
+    from .plots import plot_trace
+    from .tracing import KINDS, corrupt_and_clean, restore
+
+    kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    lm = load(args.model, args.dtype)
+    start = time.perf_counter()
+    runs = corrupt_and_clean(
+        lm, args.prompt, args.subject, samples=args.samples, noise=_noise_arg(args.noise), seed=args.seed,
+        uniform=args.uniform, replace=args.replace, answer=args.answer,
+    )  # fmt: skip
+    print(
+        f"answer {lm.tokenizer.decode([runs.answer_id])!r}: p clean {runs.high:.4f}, corrupted {runs.low:.4f} "
+        f"(subject tokens {runs.span[0]}..{runs.span[1] - 1}, noise scale {runs.noise_scale:.4f})"
+    )
+    results, written = {}, []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        result = restore(lm, runs, kind, window=args.window, sever=args.sever)
+        token, layer = divmod(int(result.scores.argmax()), result.scores.shape[1])
+        print(
+            f"{kind:6s}: {time.perf_counter() - t0:6.1f}s  strongest restoration: token {token} "
+            f"{result.tokens[token]!r} at layer {layer}, p = {result.scores[token, layer]:.4f}"
+        )
+        results[kind] = result.to_dict()
+        if args.plot:
+            paths = [_with_suffix(args.plot, kind, len(kinds) > 1, suffix) for suffix in (".png", ".pdf")]
+            plot_trace(result, *paths, model_name=lm.name)
+            written += paths
+    if args.json:
+        _write_json(args.json, results)
+        written.append(args.json)
+    print(f"total {time.perf_counter() - start:.1f}s" + (f"; wrote {', '.join(written)}" if written else ""))
+    return 0
+
+
+def cmd_trace_dataset(args: argparse.Namespace) -> int:
+    from .data import load_known
+    from .models.loading import load
+    from .tracing.dataset import trace_dataset
+
+    facts = load_known(None if args.facts == "known_1000" else args.facts)
+    if args.n is not None:
+        if args.n > len(facts):
+            print(f"--n {args.n} is more than the {len(facts)} facts there are; tracing all {len(facts)}")
+        facts = facts[: args.n]
+    lm = load(args.model, args.dtype)
+    summary = trace_dataset(
+        lm, facts, args.kinds, samples=args.samples, noise=_noise_arg(args.noise), window=args.window,
+        seed=args.seed, out=args.out,
+    )  # fmt: skip
+    print(f"{summary.n_correct} of {summary.n_facts} facts answered correctly and traced; ATE {summary.ate:.4f}")
+    for kind, aie in summary.aie.items():
+        peak = aie.max(axis=1)
+        print(f"{kind:6s} peak AIE per category: " + ", ".join(f"{p:.3f}" for p in peak))
+    print(f"wrote {args.out}/summary.json, summary.npz, average_effects.png/.pdf and facts.jsonl")
+    return 0
+
+
 def _write_json(path: str, payload: object) -> None:
     from .io import atomic_write_text
 
@@ -108,6 +181,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(run=cmd_predict)
+
+    def trace_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--samples", type=int, default=10, help="noise samples per corruption")
+        p.add_argument("--noise", default="s3", help="s3 (3 x subject embedding std) or a float scale")
+        p.add_argument("--window", type=int, default=10, help="layers restored together for mlp/attn kinds")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("trace", help="causal trace of one prompt (paper Fig. 1)")
+    model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--kind", default="all", choices=["all", "hidden", "mlp", "attn"])
+    trace_args(p)
+    p.add_argument("--uniform", action="store_true", help="uniform noise instead of Gaussian")
+    p.add_argument("--replace", action="store_true", help="replace the subject embeddings by the noise")
+    p.add_argument("--answer", help="score this answer instead of the model's prediction")
+    p.add_argument("--sever", choices=["mlp", "attn"], help="freeze that module at the restored token (Fig. 3)")
+    p.add_argument("--json", help="write every field of the result, per kind")
+    p.add_argument("--plot", help="heatmap path (PNG; a PDF is written beside it); one per kind")
+    p.set_defaults(run=cmd_trace)
+
+    p = sub.add_parser("trace-dataset", help="average indirect effects over known facts (paper Fig. 2)")
+    model_args(p)
+    p.add_argument("--facts", default="known_1000", help="known_1000 (from $JROME_DATA_DIR) or a JSON path")
+    p.add_argument("--n", type=int, help="trace the first N facts")
+    p.add_argument("--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"])
+    trace_args(p)
+    p.add_argument("--out", required=True, help="folder for per-fact results (resumable) and the summary")
+    p.set_defaults(run=cmd_trace_dataset)
 
     p = sub.add_parser("generate", help="continue prompts, greedily or by sampling")
     model_args(p)

@@ -23,3 +23,38 @@ def test_bad_model_is_a_clear_error():
     out = jrome("predict", "--model", "/nonexistent/model", "--prompt", "x")
     assert out.returncode == 2
     assert "model '/nonexistent/model' not found" in out.stderr
+
+
+def test_trace_writes_every_kind_to_json_and_heatmaps(tmp_path):
+    import matplotlib.image
+
+    out = jrome(
+        "trace", "--prompt", "The Eiffel Tower is in", "--subject", "Eiffel Tower", "--kind", "all",
+        "--samples", "2", "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert sorted(result) == ["attn", "hidden", "mlp"]
+    fields = {"scores", "low_score", "high_score", "answer", "tokens", "subject_range", "kind", "window", "noise_std"}
+    for kind, r in result.items():
+        assert fields <= set(r) and r["kind"] == kind and len(r["scores"]) == len(r["tokens"]) == 6
+        image = matplotlib.image.imread(tmp_path / f"t_{kind}.png")
+        assert image.shape[0] > 200 and image.shape[1] > 400
+        assert (tmp_path / f"t_{kind}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_trace_dataset_with_n_larger_than_the_facts(tmp_path):
+    facts = [{"prompt": "The capital of Roman Republic is", "subject": "Roman Republic", "attribute": "Rome"}]
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = jrome(
+        "trace-dataset", "--facts", str(tmp_path / "facts.json"), "--n", "5", "--kinds", "hidden",
+        "--samples", "2", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "--n 5 is more than the 1 facts there are" in out.stdout
+    assert "1 of 1 facts answered correctly" in out.stdout
+
+
+def test_trace_bad_subject_is_a_clear_error():
+    out = jrome("trace", "--prompt", "The Eiffel Tower is in", "--subject", "Louvre", "--kind", "hidden")
+    assert out.returncode == 2 and "subject 'Louvre' is not in the prompt" in out.stderr
