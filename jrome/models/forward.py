@@ -125,12 +125,16 @@ def attention(
         batch = jnp.broadcast_shapes(cmask.shape[:-1], self_mask.shape[:-1])
         cmask = jnp.broadcast_to(cmask, (*batch, cmask.shape[-1]))
         mask = jnp.concatenate([cmask, jnp.broadcast_to(self_mask, (*batch, self_mask.shape[-1]))], axis=-1)
-    groups = cfg.n_heads // cfg.n_kv_heads
-    qg = q.reshape(b, r, cfg.n_kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("brkgd,bckd->bkgrc", qg.astype(F32), keys.astype(F32)) * (cfg.head_dim**-0.5)
+    groups, kv = cfg.n_heads // cfg.n_kv_heads, cfg.n_kv_heads
+    # [B, KV, G*R, hd] against [B, KV, C, hd]: batch axes first makes XLA's batched matmuls efficient
+    qg = q.reshape(b, r, kv, groups, cfg.head_dim).transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * r, cfg.head_dim)
+    kt, vt = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkrd,bkcd->bkrc", qg.astype(F32), kt.astype(F32)) * (cfg.head_dim**-0.5)
+    scores = scores.reshape(b, kv, groups, r, -1)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(F32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgrc,bckd->brkgd", weights, values).reshape(b, r, cfg.q_dim)
+    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype).reshape(b, kv, groups * r, -1)
+    out = jnp.einsum("bkrc,bkcd->bkrd", weights, vt).reshape(b, kv, groups, r, cfg.head_dim)
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, r, cfg.q_dim)
     return dense(p["o"], out), k, v
 
 
@@ -190,14 +194,16 @@ def run_layers(
     self_mask: jax.Array,
     iv: Interventions,
     first: int = 0,
+    stop: int | None = None,
     ctx: Context | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Scan `block` over layers first..L-1 of the stacked parameters; captures come back as [L - first, ...].
+    """Scan `block` over layers first..stop-1 (default: to the last); captures come back as [stop - first, ...].
 
     With `ctx`, layer l's rows also attend to ctx.k[l - first], ctx.v[l - first] where ctx.mask allows.
     """
-    params = blocks if first == 0 else jax.tree.map(lambda a: a[first:], blocks)
-    xs: dict[str, Any] = {"layer": jnp.arange(first, cfg.n_layers), "p": params}
+    stop = cfg.n_layers if stop is None else stop
+    params = blocks if (first, stop) == (0, cfg.n_layers) else jax.tree.map(lambda a: a[first:stop], blocks)
+    xs: dict[str, Any] = {"layer": jnp.arange(first, stop), "p": params}
     if ctx is not None:
         xs["k"], xs["v"] = ctx.k, ctx.v
 
