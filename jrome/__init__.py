@@ -1,13 +1,22 @@
 """jrome: locate facts in a language model with causal tracing, and rewrite them with ROME — in JAX."""
 
+from . import editing, tracing
+from .editing import rome
 from .interventions import CAPTURES, Interventions, Patch
-from .models import LM, ForwardOutput, ModelConfig, forward, load
+from .models import LM, ForwardOutput, ModelConfig, export_hf, forward, load, save
 from .tokens import encode, subject_range
+from .tracing import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAPTURES",
+    "editing",
+    "export_hf",
+    "rome",
+    "save",
+    "trace",
+    "tracing",
     "LM",
     "ForwardOutput",
     "Interventions",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -157,6 +158,67 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fact_rows(lm, prompts: Sequence[str], target: int, old: int) -> list[dict]:
+    """Top prediction, p(target) and p(old answer) at the next token of each prompt."""
+    import jax
+    import numpy as np
+
+    from .models.forward import forward
+    from .tokens import encode
+
+    ids, mask = encode(lm.tokenizer, prompts)
+    probs = np.asarray(jax.nn.softmax(forward(lm, ids, mask, logits_at="last").logits[:, -1], axis=-1))
+    return [
+        {"top": lm.tokenizer.decode([int(p.argmax())]), "p_top": float(p.max()), "p_target": float(p[target]),
+         "p_old": float(p[old])}
+        for p in probs
+    ]  # fmt: skip
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .editing import edit, hparams_for
+    from .editing.rome import Request
+    from .models.checkpoint import export_hf, save
+    from .models.loading import load
+
+    lm = load(args.model, args.dtype)
+    req = Request.parse({"prompt": args.prompt, "subject": args.subject, "target_new": args.target})
+    overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
+    if args.rrome:
+        overrides["rrome"] = True
+    hp = hparams_for(lm.name, lm.config.family).override(**overrides)
+    prompts = [req.text, *args.check]
+    target = lm.tokenizer(" " + args.target.strip(), add_special_tokens=False)["input_ids"][0]
+    probe = _fact_rows(lm, [req.text], 0, 0)[0]
+    old = lm.tokenizer(probe["top"], add_special_tokens=False)["input_ids"][0]
+    before = _fact_rows(lm, prompts, target, old)
+    start = time.perf_counter()
+    new, undo = edit(lm, req, hp, seed=args.seed)
+    seconds = time.perf_counter() - start
+    after = _fact_rows(new, prompts, target, old)
+    print(f"edited layer {hp.layer} in {seconds:.1f}s: {req.text!r} -> {args.target!r} (was {probe['top']!r})")
+    rows = []
+    for prompt, b, a in zip(prompts, before, after, strict=True):
+        rows.append({"prompt": prompt, "before": b, "after": a})
+        print(prompt)
+        for when, r in (("before", b), ("after", a)):
+            print(f"  {when:6s} top {r['top']!r:14s} p={r['p_top']:.4f}   p(target)={r['p_target']:.4f}   "
+                  f"p(old)={r['p_old']:.4f}")  # fmt: skip
+    payload = {
+        "request": dataclasses.asdict(req), "layer": hp.layer, "hparams": hp.to_dict(), "old_answer": probe["top"],
+        "seconds": seconds, "losses": [x for x in undo.edits[0].losses.tolist() if x == x], "checks": rows,
+    }  # fmt: skip
+    if args.json:
+        _write_json(args.json, payload)
+    if args.save:
+        save(new, args.save, overwrite=args.overwrite)
+        print(f"saved the edited model to {args.save} (jrome.load reads it back)")
+    if args.export_hf:
+        export_hf(new, args.export_hf, overwrite=args.overwrite)
+        print(f"exported a Hugging Face model to {args.export_hf}")
+    return 0
+
+
 def _write_json(path: str, payload: object) -> None:
     from .io import atomic_write_text
 
@@ -211,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for per-fact results (resumable) and the summary")
     p.set_defaults(run=cmd_trace_dataset)
 
+    p = sub.add_parser("edit", help="rewrite a fact with ROME and compare predictions before and after")
+    model_args(p)
+    p.add_argument("--prompt", required=True, help='the fact\'s prompt, "{}" where the subject goes')
+    p.add_argument("--subject", required=True)
+    p.add_argument("--target", required=True, help="the new object")
+    p.add_argument("--check", action="append", default=[], help="another prompt to compare (repeatable)")
+    p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
+    p.add_argument("--stats-tokens", type=int, help="tokens of key statistics (default: the preset's)")
+    p.add_argument("--rrome", action="store_true", help="r-ROME: the averaged key in the closed form too")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated context templates")
+    p.add_argument("--json", help="write the request, predictions before/after, losses and seconds")
+    p.add_argument("--save", help="save the edited model here (orbax checkpoint)")
+    p.add_argument("--export-hf", help="export the edited model as a Hugging Face folder here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --save/--export-hf folders")
+    p.set_defaults(run=cmd_edit)
+
     p = sub.add_parser("generate", help="continue prompts, greedily or by sampling")
     model_args(p)
     p.add_argument("--prompt", action="append", required=True)
@@ -226,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         print(f"jrome {args.command}: error: {err}", file=sys.stderr)
         return 2
 

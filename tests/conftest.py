@@ -142,6 +142,12 @@ def tiny_dir(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Key statistics and other caches go to a fresh folder, so tests never read a cache they did not write."""
+    os.environ["JROME_CACHE_DIR"] = str(tmp_path_factory.mktemp("jrome-cache"))
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> jrome.LM:
     return jrome.load("smollm2")

@@ -58,3 +58,19 @@ def test_trace_dataset_with_n_larger_than_the_facts(tmp_path):
 def test_trace_bad_subject_is_a_clear_error():
     out = jrome("trace", "--prompt", "The Eiffel Tower is in", "--subject", "Louvre", "--kind", "hidden")
     assert out.returncode == 2 and "subject 'Louvre' is not in the prompt" in out.stderr
+
+
+def test_edit_prints_and_writes_before_and_after(tmp_path):
+    out = jrome(
+        "edit", "--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome",
+        "--check", "The Louvre is located in the city of", "--stats-tokens", "20000", "--json", str(tmp_path / "e.json"),
+        "--save", str(tmp_path / "ck"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    edit_row, louvre = result["checks"]
+    assert result["old_answer"] == " Paris" and result["layer"] == 4 and result["seconds"] > 0
+    assert edit_row["before"]["top"] == " Paris" and edit_row["after"]["top"] == " Rome"
+    assert edit_row["after"]["p_target"] > 0.5 > edit_row["before"]["p_target"]
+    assert louvre["after"]["top"] == " Paris"
+    assert (tmp_path / "ck" / "jrome.json").is_file() and "p(target)" in out.stdout

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checkpoint import MARKER, load_saved
 from .config import config_from_hf
 from .gguf import GGUFFile, config_from_gguf, hf_tensors, tokenizer_from_gguf
 from .lm import LM
@@ -51,7 +52,8 @@ def embedded_path(name: str = "smollm2") -> Path:
 
 
 def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = None) -> LM:
-    """Load a model: "smollm2" (embedded), a local Hugging Face directory, a hub id, or a .gguf path.
+    """Load a model: "smollm2" (embedded), a local Hugging Face directory, a folder written by `jrome.save`,
+    a hub id, or a .gguf path.
 
     dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
     tokenizer or a directory to load one from.
@@ -64,6 +66,8 @@ def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = No
         if not Path(spec).is_file():
             raise FileNotFoundError(f"no GGUF file at {spec}")
         lm = _load_gguf(Path(spec), target, name=spec)
+    elif Path(spec).is_dir() and (Path(spec) / MARKER).is_file():
+        lm = load_saved(Path(spec), target)
     elif Path(spec).is_dir():
         lm = _load_directory(Path(spec), target, name=spec)
     elif Path(spec).exists():

@@ -1,0 +1,64 @@
+"""Saving and exporting models: orbax checkpoints read back bit for bit, Hugging Face folders transformers loads."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from transformers import AutoModelForCausalLM
+
+import jrome
+from jrome.editing import edit
+
+
+def hf_logits(path, ids):
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_export_is_loaded_by_transformers_with_the_same_logits(tiny_dir, tmp_path, name):
+    lm = jrome.load(tiny_dir(name))
+    jrome.export_hf(lm, tmp_path / "hf")
+    ids = np.random.default_rng(0).integers(0, 96, size=(2, 9))
+    np.testing.assert_allclose(hf_logits(tmp_path / "hf", ids), np.asarray(jrome.forward(lm, ids).logits), atol=1e-4)
+
+
+def test_save_and_load_round_trip_bit_for_bit(tiny_lm, tmp_path):
+    lm = tiny_lm("gpt_neox")
+    jrome.save(lm, tmp_path / "ck")
+    back = jrome.load(tmp_path / "ck")
+    assert back.config == lm.config and back.name == lm.name
+    for a, b in zip(jax.tree.leaves(lm.params), jax.tree.leaves(back.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert back.tokenizer("the eiffel tower")["input_ids"] == lm.tokenizer("the eiffel tower")["input_ids"]
+
+
+def test_an_edited_smollm2_saves_and_exports(smollm2, tmp_path):
+    templates = ("{}", "I read it in a book. {}")
+    request = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
+    new, _ = edit(smollm2, request, {"context_templates": templates, "mom2_n_tokens": 20_000})
+    ids, mask = jrome.encode(smollm2.tokenizer, ["The Eiffel Tower is located in the city of"])
+    ours = np.asarray(jrome.forward(new, ids, mask).logits)
+    jrome.save(new, tmp_path / "ck")
+    np.testing.assert_array_equal(np.asarray(jrome.forward(jrome.load(tmp_path / "ck"), ids, mask).logits), ours)
+    jrome.export_hf(new, tmp_path / "hf")
+    theirs = hf_logits(tmp_path / "hf", ids)
+    np.testing.assert_allclose(theirs, ours, atol=1e-3, rtol=1e-4)
+    rome = smollm2.tokenizer(" Rome")["input_ids"][0]
+    assert int(theirs[0, -1].argmax()) == rome
+
+
+def test_writes_are_whole_or_absent(tiny_lm, tmp_path):
+    lm = tiny_lm("llama")
+    jrome.save(lm, tmp_path / "ck")
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        jrome.save(lm, tmp_path / "ck")
+    broken = lm.replace(tokenizer=object())  # has no save_pretrained: fails after the weights are written
+    with pytest.raises(AttributeError):
+        jrome.export_hf(broken, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folder left behind
