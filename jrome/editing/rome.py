@@ -389,6 +389,7 @@ def edit(
     stats: Any = None,
     *,
     seed: int = 0,
+    fast: bool = True,
 ) -> tuple[LM, Undo]:
     """Apply ROME for each request in turn; return the edited LM and an Undo. `lm` itself is not changed.
 
@@ -396,6 +397,7 @@ def edit(
     hparams: a RomeHparams, overrides as a dict (on top of this model's preset), or None for the preset.
     stats: precomputed key statistics (KeyStats, C as an array, or {layer: KeyStats}); default: computed
     over hparams.mom2_corpus and cached on disk. Context templates are generated once per call (seeded).
+    fast=False runs the v* search as full forwards (the straightforward version, for checks and benchmarks).
     """
     reqs = [requests] if isinstance(requests, Request | dict) else list(requests)
     if not reqs:
@@ -417,7 +419,7 @@ def edit(
         batch = v_batch(current, req, templates, target_ids, hp.fact_token)
         delta, v_init, losses = optimise_v(
             lm.config, current.params, batch.ids, batch.mask, batch.fact_cols, batch.out_cols, batch.target_ids,
-            batch.rows, layer=layer, hp=hp, n_rewrite=batch.n_rewrite,
+            batch.rows, layer=layer, hp=hp, n_rewrite=batch.n_rewrite, fast=fast,
         )  # fmt: skip
         v_star = np.asarray(v_init, np.float64) + np.asarray(delta, np.float64)
         k = k_star if hp.rrome else keys[-1]  # r-ROME: the averaged key; ROME: the bare prompt's key
