@@ -219,6 +219,22 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import markdown_table, run_eval
+    from .models.loading import load
+
+    lm = load(args.model, args.dtype)
+    overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
+    summary = run_eval(
+        lm, args.method, args.dataset, args.n, args.out, hparams=overrides, generation_tokens=args.generation_tokens,
+        seed=args.seed,
+    )  # fmt: skip
+    print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
+    print(f"mean seconds per case: edit {summary['seconds_edit']:.2f}, scoring {summary['seconds_score']:.2f}")
+    print(f"wrote {args.out}/cases.jsonl, summary.json and summary.md")
+    return 0
+
+
 def _write_json(path: str, payload: object) -> None:
     from .io import atomic_write_text
 
@@ -288,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-hf", help="export the edited model as a Hugging Face folder here")
     p.add_argument("--overwrite", action="store_true", help="replace existing --save/--export-hf folders")
     p.set_defaults(run=cmd_edit)
+
+    p = sub.add_parser("eval", help="evaluate an editing method on CounterFact or zsRE (resumable)")
+    model_args(p)
+    p.add_argument("--method", required=True, help="none, rome, ft or ft-l")
+    p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
+    p.add_argument("--n", type=int, help="evaluate the first N cases")
+    p.add_argument("--out", required=True, help="folder for per-case results (resumable) and the summary")
+    p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
+    p.add_argument("--stats-tokens", type=int, help="tokens of key statistics (default: the preset's)")
+    p.add_argument("--generation-tokens", type=int, default=50, help="tokens generated per prompt for fluency")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("generate", help="continue prompts, greedily or by sampling")
     model_args(p)

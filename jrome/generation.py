@@ -103,7 +103,9 @@ def generate(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and not 1 <= top_k <= lm.config.vocab_size:
         raise ValueError(f"top_k must be in [1, {lm.config.vocab_size}], got {top_k}")
-    ids, mask = encode(lm.tokenizer, prompts)
+    ids, mask = encode(lm.tokenizer, prompts, multiple_of=8)
+    if ids.shape[1] + max_new_tokens > lm.config.max_positions:
+        ids, mask = encode(lm.tokenizer, prompts)
     if ids.shape[1] + max_new_tokens > lm.config.max_positions:
         raise ValueError(
             f"{ids.shape[1]} prompt tokens + {max_new_tokens} new tokens exceed the context of {lm.config.max_positions}"

@@ -16,11 +16,19 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def encode(tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+def padded_width(length: int, multiple_of: int = 1) -> int:
+    """`length` rounded up to a multiple: padding shapes to a few sizes lets jitted code be reused."""
+    return -(-length // multiple_of) * multiple_of
+
+
+def encode(
+    tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left", multiple_of: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask [B, T] for a batch of texts, padded on the left (default) or right.
 
     Left padding keeps every prompt's last token in the last column, which is where next-token logits
     are read; positions are derived from the mask, so padding never shifts a real token's position.
+    multiple_of rounds T up (e.g. 8), so batches of slightly different lengths share compiled code.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side={padding_side!r}; accepted: 'left', 'right'")
@@ -31,7 +39,7 @@ def encode(tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "l
     empty = [t for t, r in zip(texts, rows, strict=True) if not r]
     if empty:
         raise ValueError(f"text {empty[0]!r} tokenises to nothing")
-    width = max(len(r) for r in rows)
+    width = padded_width(max(len(r) for r in rows), multiple_of)
     ids = np.full((len(rows), width), pad_id(tokenizer), np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):

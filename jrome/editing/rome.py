@@ -34,7 +34,7 @@ from ..models.forward import (
     unembed,
 )
 from ..models.lm import LM
-from ..tokens import encode, pad_id, subject_range
+from ..tokens import encode, pad_id, padded_width, subject_range
 from .hparams import RomeHparams, hparams_for
 from .stats import KeyStats, key_statistics
 
@@ -127,7 +127,7 @@ def _keys(cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, layer
 def template_keys(lm: LM, req: Request, templates: Sequence[str], layer: int, fact_token: str) -> np.ndarray:
     """[templates, F]: the key at the fact token of each template filled with the request's prompt."""
     texts = [t.replace("{}", req.text) for t in templates]
-    ids, mask = encode(lm.tokenizer, texts)
+    ids, mask = encode(lm.tokenizer, texts, multiple_of=8)
     lengths = mask.sum(1)
     cols = [
         _fact_col(lm, x, req.subject, fact_token, ids.shape[1], int(n)) for x, n in zip(texts, lengths, strict=True)
@@ -182,9 +182,10 @@ class VBatch:
 
     @property
     def rows(self) -> np.ndarray:
-        """[B, R]: each row's columns from its fact token on (clipped at the end; R = the longest such run)."""
+        """[B, R]: each row's columns from its fact token on, clipped at the end (R: the longest run, rounded up)."""
         width = self.ids.shape[1]
-        return np.minimum(self.fact_cols[:, None] + np.arange(width - self.fact_cols.min())[None], width - 1)
+        run = min(padded_width(width - int(self.fact_cols.min()), 4), width)
+        return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
 
 
 def v_batch(lm: LM, req: Request, templates: Sequence[str], target_ids: Sequence[int], fact_token: str) -> VBatch:
@@ -197,7 +198,7 @@ def v_batch(lm: LM, req: Request, templates: Sequence[str], target_ids: Sequence
         start, end = subject_range(tok, text, req.subject)
         facts.append({"subject_last": end - 1, "subject_first": start, "last": len(prompt_ids) - 1}[fact_token])
         rows.append(prompt_ids + (list(target_ids[:-1]) if i < len(templates) else []))
-    width = max(len(r) for r in rows)
+    width = padded_width(max(len(r) for r in rows), 8)
     ids = np.full((len(rows), width), pad_id(tok), np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):

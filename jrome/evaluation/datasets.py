@@ -1,0 +1,170 @@
+"""Edit datasets as one record type: CounterFact (original and compact formats), zsRE (MEND format), known facts.
+
+Files are read from $JROME_DATA_DIR; when a file is absent and the machine is online, the published copy is
+downloaded into the cache folder once. A missing file is otherwise an error that says where to get it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..data import data_dir
+from ..editing.rome import Request
+from ..editing.stats import cache_dir
+from ..io import atomic_write_bytes
+
+DATASETS = ("counterfact", "zsre")
+ROME_SITE = "https://rome.baulab.info/data/dsets"
+# Local file names to look for (first found wins), and where the published copy lives.
+FILES = {
+    "counterfact": (["counterfact.json", "counterfact/counterfact.json", "counterfact/counterfact-edit.json"],
+                    f"{ROME_SITE}/counterfact.json"),
+    "zsre": (["zsre_mend_eval.json", "zsre/zsre_mend_eval.json", "zsre/zsre_mend_train-1k.json"],
+             f"{ROME_SITE}/zsre_mend_eval.json"),
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class EditCase:
+    """One evaluation case: the rewrite, and the prompts that probe it."""
+
+    case_id: int
+    dataset: str
+    request: Request
+    target_true: str
+    paraphrase_prompts: tuple[str, ...]
+    neighborhood_prompts: tuple[str, ...]
+    neighborhood_answers: tuple[str, ...]  # the answer each neighbourhood prompt should keep
+    generation_prompts: tuple[str, ...] = ()
+    reference_texts: tuple[str, ...] = ()  # texts about the new object, for the reference (consistency) score
+
+
+def _need(record: dict, fields: tuple[str, ...], index: int, source: str) -> None:
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise ValueError(f"{source} record {index} is malformed: it has no field {missing[0]!r}")
+
+
+def _strip(answer: Any) -> str:
+    return (answer["str"] if isinstance(answer, dict) else str(answer)).strip()
+
+
+def parse_counterfact(records: list[dict], source: str = "CounterFact") -> list[EditCase]:
+    """CounterFact in the original ROME format (requested_rewrite, ...) or the compact one (prompt, subject, ...)."""
+    cases = []
+    for i, r in enumerate(records):
+        if "requested_rewrite" in r:
+            _need(r, ("case_id", "paraphrase_prompts", "neighborhood_prompts"), i, source)
+            rw = r["requested_rewrite"]
+            _need(rw, ("prompt", "subject", "target_new", "target_true"), i, source + " requested_rewrite")
+            true = _strip(rw["target_true"])
+            request = Request.parse(
+                {"prompt": rw["prompt"], "subject": rw["subject"], "target_new": _strip(rw["target_new"])}
+            )
+            cases.append(
+                EditCase(
+                    case_id=int(r["case_id"]),
+                    dataset="counterfact",
+                    request=request,
+                    target_true=true,
+                    paraphrase_prompts=tuple(r["paraphrase_prompts"]),
+                    neighborhood_prompts=tuple(r["neighborhood_prompts"]),
+                    neighborhood_answers=(true,) * len(r["neighborhood_prompts"]),
+                    generation_prompts=tuple(r.get("generation_prompts", ())),
+                    reference_texts=tuple(r.get("reference_texts", ())),
+                )
+            )
+        else:
+            fields = (
+                "case_id",
+                "prompt",
+                "subject",
+                "target_new",
+                "ground_truth",
+                "rephrase_prompt",
+                "locality_prompt",
+            )
+            _need(r, fields, i, source)
+            request = Request.parse(
+                {"prompt": r["prompt"], "subject": r["subject"], "target_new": _strip(r["target_new"])}
+            )
+            true = _strip(r["ground_truth"])
+            cases.append(
+                EditCase(
+                    case_id=int(r["case_id"]),
+                    dataset="counterfact",
+                    request=request,
+                    target_true=true,
+                    paraphrase_prompts=(r["rephrase_prompt"],),
+                    neighborhood_prompts=(r["locality_prompt"],),
+                    neighborhood_answers=(_strip(r.get("locality_ground_truth", true)),),
+                    generation_prompts=(request.text, r["rephrase_prompt"]),
+                )
+            )
+    return cases
+
+
+def parse_zsre(records: list[dict], source: str = "zsRE") -> list[EditCase]:
+    """zsRE in MEND's format: src (question), subject, alt (new answer), answers, rephrase, loc, loc_ans."""
+    cases = []
+    for i, r in enumerate(records):
+        _need(r, ("subject", "src", "alt", "answers", "rephrase", "loc", "loc_ans"), i, source)
+        if r["subject"] not in r["src"]:
+            raise ValueError(f"{source} record {i} is malformed: subject {r['subject']!r} is not in src {r['src']!r}")
+        request = Request.parse({"prompt": r["src"], "subject": r["subject"], "target_new": _strip(r["alt"])})
+        cases.append(
+            EditCase(
+                case_id=int(r.get("case_id", i)),
+                dataset="zsre",
+                request=request,
+                target_true=_strip(r["answers"][0]) if r["answers"] else "",
+                paraphrase_prompts=(r["rephrase"],),
+                neighborhood_prompts=(r["loc"] + "?",),
+                neighborhood_answers=(_strip(r["loc_ans"]),),
+            )
+        )
+    return cases
+
+
+def dataset_path(name: str) -> Path:
+    """The dataset's file under $JROME_DATA_DIR, or a cached download of the published copy."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    candidates, url = FILES[name]
+    for candidate in candidates:
+        if (data_dir() / candidate).is_file():
+            return data_dir() / candidate
+    cached = cache_dir() / "datasets" / url.rsplit("/", 1)[-1]
+    if cached.is_file():
+        return cached
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            atomic_write_bytes(cached, response.read())
+        return cached
+    except OSError as err:
+        raise FileNotFoundError(
+            f"dataset {name!r} not found in {data_dir()} (looked for {', '.join(candidates)}) and could not be "
+            f"downloaded from {url} ({err}); download it there and set JROME_DATA_DIR to its folder"
+        ) from err
+
+
+def load_dataset(name_or_path: str | os.PathLike) -> list[EditCase]:
+    """A dataset by name ("counterfact", "zsre") or a JSON file in either format."""
+    path = Path(name_or_path)
+    if str(name_or_path) in DATASETS:
+        name, path = str(name_or_path), dataset_path(str(name_or_path))
+    elif path.is_file():
+        name = "zsre" if "zsre" in path.name.lower() else "counterfact"
+    else:
+        raise ValueError(
+            f"unknown dataset {str(name_or_path)!r}; known datasets: {', '.join(DATASETS)}, or a JSON path"
+        )
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of records")
+    return parse_zsre(records, str(path)) if name == "zsre" else parse_counterfact(records, str(path))
