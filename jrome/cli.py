@@ -68,20 +68,104 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .models.loading import load, param_count
+DEMO_SUBJECTS = (  # used for the noise scale when known_1000 is not in $JROME_DATA_DIR
+    "The Eiffel Tower", "The Space Needle", "Barack Obama", "Danielle Darrieux", "Steve Jobs", "Apple",
+    "The Louvre", "Mount Everest", "Toyota", "Albert Einstein", "The Amazon River", "Microsoft",
+    "William Shakespeare", "The Great Wall of China", "Nintendo", "Marie Curie", "Lake Victoria", "BMW",
+)  # fmt: skip
 
-    start = time.perf_counter()
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Load SmolLM2, trace the Eiffel Tower fact, move it to Rome with ROME, and compare generations."""
+    from pathlib import Path
+
+    from .data import data_path
+    from .editing import edit, hparams_for, key_statistics
+    from .generation import generate
+    from .models.loading import load, param_count
+    from .plots import plot_trace
+    from .tracing import KINDS, corrupt_and_clean, noise_std, restore
+
+    out = Path(args.out)
+    prompt, subject, target = "The Eiffel Tower is located in the city of", "The Eiffel Tower", "Rome"
+    checks = {"prompt": prompt, "paraphrase": "The Eiffel Tower is in the heart of", "neighbour": "The Louvre is located in the city of"}  # fmt: skip
+    summary: dict = {"model": args.model, "seconds": {}}
+    clock = time.perf_counter()
+
+    def step(text: str) -> None:
+        print(f"[{time.perf_counter() - clock:6.1f}s] {text}", flush=True)
+
     lm = load(args.model)
     cfg = lm.config
-    print(
-        f"loaded {lm.name}: {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, "
-        f"{param_count(lm) / 1e6:.0f}M parameters in {time.perf_counter() - start:.1f}s"
+    step(
+        f"loaded {lm.name}: {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, {param_count(lm) / 1e6:.0f}M parameters"
     )
-    start = time.perf_counter()
-    rows = _top_predictions(lm, DEMO_PROMPTS, 5)
-    print(f"top next-token predictions ({time.perf_counter() - start:.1f}s, compile included):")
-    _print_predictions(rows)
+    rows = _top_predictions(lm, DEMO_PROMPTS, 3)
+    for row in rows:
+        print(f"    {row['prompt']!r} -> " + ", ".join(f"{t['token']!r} {t['p']:.2f}" for t in row["top"]))
+
+    try:
+        subjects, source = None, "the subjects of known_1000"
+        data_path("known_1000.json")
+    except FileNotFoundError:
+        subjects, source = list(DEMO_SUBJECTS), f"{len(DEMO_SUBJECTS)} built-in subjects (known_1000 not found)"
+    scale = 3 * noise_std(lm, subjects)
+    step(
+        f"causal trace of {prompt!r}, subject {subject!r}: {args.samples} noise samples, scale {scale:.3f} (3 sd over {source})"
+    )
+    runs = corrupt_and_clean(lm, prompt, subject, samples=args.samples, noise=scale)
+    summary["trace"] = {"answer": lm.tokenizer.decode([runs.answer_id]), "high_score": runs.high, "low_score": runs.low}
+    pictures = []
+    for kind in KINDS:
+        t0 = time.perf_counter()
+        result = restore(lm, runs, kind)
+        path = out / f"trace_{kind}.png"
+        plot_trace(result, path, model_name=lm.name)
+        pictures.append(str(path))
+        token, layer = divmod(int(result.scores.argmax()), result.scores.shape[1])
+        summary["trace"][kind] = {
+            "strongest": {"token": result.tokens[token], "layer": layer, "p": float(result.scores.max())}
+        }
+        step(
+            f"  {kind:6s} {time.perf_counter() - t0:5.1f}s  strongest: token {result.tokens[token]!r} layer {layer} p={result.scores.max():.3f} -> {path}"
+        )
+
+    hp = hparams_for(lm.name, cfg.family).override(mom2_n_tokens=args.stats_tokens)
+    try:
+        stats = key_statistics(lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens)[hp.layer]
+        step(f"key statistics at layer {hp.layer}: {stats.count} wikitext-2 tokens (cached for next time)")
+    except FileNotFoundError:
+        stats, hp = None, hp.override(mom2_adjustment=False)
+        step(
+            "key statistics: wikitext-2 is not in $JROME_DATA_DIR, so C = I (set JROME_DATA_DIR for the paper's setting)"
+        )
+    before = {name: generate(lm, [text], args.tokens)[0] for name, text in checks.items()}
+    t0 = time.perf_counter()
+    new, undo = edit(
+        lm, {"prompt": "{} is located in the city of", "subject": subject, "target_new": target}, hp, stats=stats
+    )
+    summary["seconds"]["edit"] = time.perf_counter() - t0
+    step(f"ROME: {subject} -> {target} at layer {hp.layer} in {summary['seconds']['edit']:.1f}s")
+    after = {name: generate(new, [text], args.tokens)[0] for name, text in checks.items()}
+    target_id = lm.tokenizer(" " + target)["input_ids"][0]
+    old_id = runs.answer_id
+    probe = {name: (_fact_rows(lm, [text], target_id, old_id)[0], _fact_rows(new, [text], target_id, old_id)[0]) for name, text in checks.items()}  # fmt: skip
+    summary["edit"] = {"layer": hp.layer, "target": target, "old_answer": summary["trace"]["answer"], "checks": {}}
+    for name, text in checks.items():
+        b, a = probe[name]
+        summary["edit"]["checks"][name] = {
+            "prompt": text,
+            "before": b | {"text": before[name]},
+            "after": a | {"text": after[name]},
+        }
+        print(f"  {name:10s} {text!r}")
+        print(f"      before: p({target})={b['p_target']:.3f}  ...{before[name]!r}")
+        print(f"      after:  p({target})={a['p_target']:.3f}  ...{after[name]!r}")
+    summary["edit"]["succeeded"] = probe["prompt"][1]["top"].strip() == target
+    summary["pictures"] = pictures
+    summary["seconds"]["total"] = time.perf_counter() - clock
+    _write_json(str(out / "summary.json"), summary)
+    step(f"done. Heatmaps: {', '.join(pictures)}; summary: {out / 'summary.json'}")
     return 0
 
 
@@ -249,8 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a hub id, or a .gguf file")
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
-    p = sub.add_parser("demo", help="the main job on the embedded model")
+    p = sub.add_parser("demo", help="trace and edit a fact on the embedded model (the README's first command)")
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--out", default="jrome-demo", help="folder for the heatmaps and summary.json")
+    p.add_argument("--samples", type=int, default=10, help="noise samples of the trace")
+    p.add_argument("--stats-tokens", type=int, default=20_000, help="wikitext-2 tokens of key statistics")
+    p.add_argument("--tokens", type=int, default=16, help="tokens generated before and after the edit")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("predict", help="top next-token predictions for prompts")

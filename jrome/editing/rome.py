@@ -32,11 +32,12 @@ from ..models.forward import (
     rope_tables,
     run_layers,
     unembed,
+    unstack,
 )
 from ..models.lm import LM
 from ..tokens import encode, pad_id, padded_width, subject_range
 from .hparams import RomeHparams, hparams_for
-from .stats import KeyStats, key_statistics
+from .stats import KeyStats, cholesky, key_statistics
 
 KL_PROMPTS = ("{} is a",)
 STARTERS = ("The", "Therefore", "Because", "I", "You")
@@ -136,7 +137,7 @@ def template_keys(lm: LM, req: Request, templates: Sequence[str], layer: int, fa
 
 
 class KeySolver:
-    """Solves C u = k for the edit's key statistics, factorising C (float64 Cholesky) once for every request.
+    """Solves C u = k with a float64 Cholesky factor of the key statistics (cached on a KeyStats).
 
     C = I when stats is None (no second-moment adjustment). A non-finite, mis-shaped or singular C is an
     error that says what to do; `regularize` adds that multiple of mean(diag C) to the diagonal first.
@@ -146,22 +147,10 @@ class KeySolver:
         self.factor = None
         if stats is None:
             return
-        c = stats.covariance if isinstance(stats, KeyStats) else np.asarray(stats, np.float64)
-        if c.shape != (size, size):
-            raise ValueError(f"key statistics have shape {c.shape}; this layer's keys need {(size, size)}")
-        if not np.all(np.isfinite(c)):
-            raise ValueError(
-                "the key statistics contain NaN or inf; recompute them (e.g. key_statistics(..., cache=False))"
-            )
-        if regularize:
-            c = c + regularize * np.mean(np.diag(c)) * np.eye(size)
-        try:
-            self.factor = np.linalg.cholesky(c)
-        except np.linalg.LinAlgError as err:
-            raise ValueError(
-                "the key statistics are singular (not positive definite); use more tokens (mom2_n_tokens) or "
-                "regularise (mom2_regularize=1e-4)"
-            ) from err
+        shape = stats.mom2.shape if isinstance(stats, KeyStats) else np.shape(stats)
+        if shape != (size, size):
+            raise ValueError(f"key statistics have shape {shape}; this layer's keys need {(size, size)}")
+        self.factor = stats.factor(regularize) if isinstance(stats, KeyStats) else cholesky(stats, regularize)
 
     def __call__(self, k: np.ndarray) -> np.ndarray:
         if self.factor is None:
@@ -182,10 +171,12 @@ class VBatch:
 
     @property
     def rows(self) -> np.ndarray:
-        """[B, R]: each row's columns from its fact token on, clipped at the end (R: the longest run, rounded up)."""
+        """[B, R]: each row's columns from its fact token on, clipped at the end (R: the longest such run).
+
+        R is not rounded up: every extra column is computed at every Adam step, which costs more than the
+        occasional recompilation for a new R."""
         width = self.ids.shape[1]
-        run = min(padded_width(width - int(self.fact_cols.min()), 4), width)
-        return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
+        return np.minimum(self.fact_cols[:, None] + np.arange(width - int(self.fact_cols.min()))[None], width - 1)
 
 
 def v_batch(lm: LM, req: Request, templates: Sequence[str], target_ids: Sequence[int], fact_token: str) -> VBatch:
@@ -274,11 +265,12 @@ def optimise_v(
         base.captured["attn_k"][layer + 1 : loss_stop], base.captured["attn_v"][layer + 1 : loss_stop], ctx_mask
     )
     start = jnp.take_along_axis(base.captured["resid"][layer], rows[..., None], axis=1)
+    above = unstack(params["blocks"], layer + 1, loss_stop)  # sliced once, outside the Adam loop
 
     def fast_log_probs(delta: jax.Array) -> jax.Array:
         h = start.at[:, 0].add(delta.astype(start.dtype))
         h, _ = run_layers(
-            cfg, params["blocks"], h, cols=rows, rope=rope_tables(cfg, positions), self_mask=self_mask,
+            cfg, above, h, cols=rows, rope=rope_tables(cfg, positions), self_mask=self_mask,
             iv=Interventions(), first=layer + 1, stop=loss_stop, ctx=ctx,
         )  # fmt: skip
         picked = jnp.take_along_axis(h, (out_cols - fact_cols[:, None])[..., None], axis=1)
@@ -330,11 +322,9 @@ def rank_one_update(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray, 
 
 
 @jax.jit
-def _add_rank_one(params: dict, layer: jax.Array, u_hat: jax.Array, lam: jax.Array) -> dict:
-    """params with outer(û, Λ) added to layer's MLP output projection; every other leaf is shared, not copied."""
-    down = params["blocks"]["mlp"]["down"]
-    kernel = down["kernel"].at[layer].add(jnp.outer(u_hat, lam).astype(down["kernel"].dtype))
-    return _with_kernel(params, kernel)
+def _add_rank_one(kernel: jax.Array, layer: jax.Array, u_hat: jax.Array, lam: jax.Array) -> jax.Array:
+    """The stacked kernel with outer(û, Λ) added at `layer` (only this leaf is rebuilt; the rest are shared)."""
+    return kernel.at[layer].add(jnp.outer(u_hat, lam).astype(kernel.dtype))
 
 
 def _with_kernel(params: dict, kernel: jax.Array) -> dict:
@@ -428,7 +418,8 @@ def edit(
         bias = np.asarray(down["bias"][layer]) if "bias" in down else None
         lam, u_hat = rank_one_update(np.asarray(down["kernel"][layer]), u, k, v_star, bias)
         old = down["kernel"][layer]
-        params = _add_rank_one(current.params, layer, jnp.asarray(u_hat, jnp.float32), jnp.asarray(lam, jnp.float32))
+        kernel = _add_rank_one(down["kernel"], layer, jnp.asarray(u_hat, jnp.float32), jnp.asarray(lam, jnp.float32))
+        params = _with_kernel(current.params, kernel)
         current = current.replace(params=params)
         edits.append(Edit(req, layer, u_hat, lam, k_star, v_star, np.asarray(losses), old, time.perf_counter() - start))
     return current, Undo(tuple(edits))

@@ -35,11 +35,36 @@ class KeyStats:
     mom2: np.ndarray  # [d_mlp, d_mlp] float64
     count: int
     corpus: str
+    _factors: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def covariance(self) -> np.ndarray:
         """C = E[k kᵀ] (float64)."""
         return self.mom2 / self.count
+
+    def factor(self, regularize: float = 0.0) -> np.ndarray:
+        """Lower Cholesky factor of C (+ regularize · mean(diag C) · I), computed once per value of `regularize`."""
+        if regularize not in self._factors:
+            self._factors[regularize] = cholesky(self.covariance, regularize)
+        return self._factors[regularize]
+
+
+def cholesky(c: np.ndarray, regularize: float = 0.0) -> np.ndarray:
+    """Lower Cholesky factor of a second-moment matrix, in float64; a non-finite or singular C is an error."""
+    c = np.asarray(c, np.float64)
+    if not np.all(np.isfinite(c)):
+        raise ValueError(
+            "the key statistics contain NaN or inf; recompute them (e.g. key_statistics(..., cache=False))"
+        )
+    if regularize:
+        c = c + regularize * np.mean(np.diag(c)) * np.eye(c.shape[0])
+    try:
+        return np.linalg.cholesky(c)
+    except np.linalg.LinAlgError as err:
+        raise ValueError(
+            "the key statistics are singular (not positive definite); use more tokens (mom2_n_tokens) or "
+            "regularise (mom2_regularize=1e-4)"
+        ) from err
 
 
 def cache_dir() -> Path:

@@ -184,9 +184,14 @@ def block(
     return h, {name: acts[name] for name in iv.capture}
 
 
+def unstack(blocks: Params, first: int, stop: int) -> list[Params]:
+    """Per-layer parameter dicts for layers first..stop-1, sliced once (see run_layers)."""
+    return [jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(first, stop)]
+
+
 def run_layers(
     cfg: ModelConfig,
-    blocks: Params,
+    blocks: Params | list[Params],
     h: jax.Array,
     *,
     cols: jax.Array,
@@ -197,11 +202,22 @@ def run_layers(
     stop: int | None = None,
     ctx: Context | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Scan `block` over layers first..stop-1 (default: to the last); captures come back as [stop - first, ...].
+    """Run `block` over layers first..stop-1 (default: to the last); captures come back as [stop - first, ...].
 
-    With `ctx`, layer l's rows also attend to ctx.k[l - first], ctx.v[l - first] where ctx.mask allows.
+    With stacked `blocks` the layers run under `lax.scan`, so compile time does not grow with depth. With a
+    list from `unstack` they run as an unrolled loop: inside a loop that calls this many times (ROME's Adam
+    steps), the weights are then sliced once rather than copied out of the stack at every call, which on CPU
+    costs more than the small matmuls themselves. With `ctx`, layer l's rows also attend to ctx.k[l - first],
+    ctx.v[l - first] where ctx.mask allows.
     """
     stop = cfg.n_layers if stop is None else stop
+    if isinstance(blocks, list):
+        outs = []
+        for i, p in enumerate(blocks):
+            layer_ctx = None if ctx is None else (ctx.k[i], ctx.v[i], ctx.mask)
+            h, acts = block(cfg, p, h, jnp.int32(first + i), cols, rope, self_mask, layer_ctx, iv)
+            outs.append(acts)
+        return h, {name: jnp.stack([a[name] for a in outs]) for name in iv.capture}
     params = blocks if (first, stop) == (0, cfg.n_layers) else jax.tree.map(lambda a: a[first:stop], blocks)
     xs: dict[str, Any] = {"layer": jnp.arange(first, stop), "p": params}
     if ctx is not None:
