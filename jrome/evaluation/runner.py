@@ -161,7 +161,7 @@ def run_eval(
         edited = METHODS[method](lm, case, ctx)
         edit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        post = score_case(edited, case, generation_tokens, seed)
+        post = pre if edited is lm else score_case(edited, case, generation_tokens, seed)  # "none" changes nothing
         record = {
             "case_id": case.case_id, "pre": pre, "post": post,
             "seconds": {"edit": edit_seconds, "score": scored + time.perf_counter() - start},
