@@ -1,7 +1,7 @@
 """jrome: locate facts in a language model with causal tracing, and rewrite them with ROME — in JAX."""
 
 from . import editing, tracing
-from .editing import rome
+from .editing import memit, rome
 from .interventions import CAPTURES, Interventions, Patch
 from .models import LM, ForwardOutput, ModelConfig, export_hf, forward, load, save
 from .tokens import encode, subject_range
@@ -13,6 +13,7 @@ __all__ = [
     "CAPTURES",
     "editing",
     "export_hf",
+    "memit",
     "rome",
     "save",
     "trace",

@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an editing method on CounterFact or zsRE (resumable)")
     model_args(p)
-    p.add_argument("--method", required=True, help="none, rome, ft or ft-l")
+    p.add_argument("--method", required=True, help="none, rome, ft, ft-l or memit")
     p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
     p.add_argument("--n", type=int, help="evaluate the first N cases")
     p.add_argument("--out", required=True, help="folder for per-case results (resumable) and the summary")

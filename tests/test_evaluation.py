@@ -132,7 +132,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_
 def test_bad_input(smollm2, tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'wikidata'; known datasets: counterfact, zsre"):
         run_eval(smollm2, "none", "wikidata", 1, progress=False)
-    with pytest.raises(ValueError, match="unknown method 'memit2'; known methods: none, rome, ft, ft-l"):
+    with pytest.raises(ValueError, match="unknown method 'memit2'; known methods: none, rome, ft, ft-l, memit"):
         run_eval(smollm2, "memit2", "counterfact", 1, progress=False)
     bad = dict(ORIGINAL, requested_rewrite={k: v for k, v in ORIGINAL["requested_rewrite"].items() if k != "subject"})
     (tmp_path / "bad.json").write_text(json.dumps([ORIGINAL, bad]))

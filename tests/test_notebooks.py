@@ -28,6 +28,8 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JROME_NOTEBOOK_FACTS", "16")
     monkeypatch.setenv("JROME_NOTEBOOK_CASES", "2")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    if "JROME_DATA_DIR" in os.environ:  # the kernel runs in tmp_path, where a relative path would point elsewhere
+        monkeypatch.setenv("JROME_DATA_DIR", str(Path(os.environ["JROME_DATA_DIR"]).resolve()))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

@@ -62,21 +62,77 @@ class RomeHparams:
         return RomeHparams.from_dict(self.to_dict() | changes)
 
 
-def presets() -> list[str]:
-    """Names of the shipped presets: models (e.g. 'smollm2', 'gpt2-xl') and families ('llama', ...)."""
-    return sorted(
-        p.name[:-5] for p in resources.files("jrome").joinpath("hparams/rome").iterdir() if p.name.endswith(".json")
-    )
+@dataclasses.dataclass(frozen=True)
+class MemitHparams:
+    """MEMIT: the facts' residual targets are found at the last of `layers` (ROME's v* search on the residual)
+    and the change is spread over the MLP output projections of all of them."""
+
+    layers: tuple[int, ...] | None
+    fact_token: str = "subject_last"
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_loss_layer: int | None = None
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    mom2_corpus: str = "wikitext-2"
+    mom2_n_tokens: int = 100_000
+    mom2_update_weight: float = 15_000.0  # weight of the corpus statistics against the new keys
+    context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    context_templates: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and (not self.layers or list(self.layers) != sorted(set(self.layers))):
+            raise ValueError(f"MEMIT layers must be distinct and increasing, got {self.layers}")
+        if self.mom2_update_weight <= 0:
+            raise ValueError(f"mom2_update_weight must be positive, got {self.mom2_update_weight}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemitHparams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MEMIT hyperparameters {unknown}; known: {', '.join(sorted(known))}")
+        d = dict(d)
+        for key in ("layers", "context_templates"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        if d.get("context_template_length_params") is not None:
+            d["context_template_length_params"] = tuple(tuple(p) for p in d["context_template_length_params"])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def override(self, **changes: Any) -> MemitHparams:
+        return MemitHparams.from_dict(self.to_dict() | changes)
+
+    def search(self) -> RomeHparams:
+        """The v* search settings, as ROME's hyperparameters at the last layer."""
+        fields = {f.name for f in dataclasses.fields(RomeHparams)} & {f.name for f in dataclasses.fields(self)}
+        return RomeHparams.from_dict({k: getattr(self, k) for k in fields} | {"layer": self.layers[-1]})
 
 
-def load_preset(name: str) -> RomeHparams:
-    path = resources.files("jrome").joinpath(f"hparams/rome/{name}.json")
+METHOD_HPARAMS = {"rome": RomeHparams, "memit": MemitHparams}
+
+
+def presets(method: str = "rome") -> list[str]:
+    """Names of the shipped presets for a method: models (e.g. 'smollm2', 'gpt2-xl') and families ('llama', ...)."""
+    folder = resources.files("jrome").joinpath(f"hparams/{method}")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name: str, method: str = "rome") -> Any:
+    """A shipped preset as RomeHparams or MemitHparams."""
+    if method not in METHOD_HPARAMS:
+        raise ValueError(f"no presets for method {method!r}; methods with presets: {', '.join(METHOD_HPARAMS)}")
+    path = resources.files("jrome").joinpath(f"hparams/{method}/{name}.json")
     if not path.is_file():
-        raise ValueError(f"no ROME preset {name!r}; presets: {', '.join(presets())}")
-    return RomeHparams.from_dict(json.loads(path.read_text()))
+        raise ValueError(f"no {method.upper()} preset {name!r}; presets: {', '.join(presets(method))}")
+    return METHOD_HPARAMS[method].from_dict(json.loads(path.read_text()))
 
 
-def hparams_for(model_name: str, family: str) -> RomeHparams:
+def hparams_for(model_name: str, family: str, method: str = "rome") -> Any:
     """The preset for this model (matched on the last part of its name or hub id), else its family's."""
     base = model_name.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
-    return load_preset(base if base in presets() else family)
+    return load_preset(base if base in presets(method) else family, method)

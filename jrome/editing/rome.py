@@ -215,7 +215,7 @@ def _objective(log_probs: jax.Array, batch_targets: jax.Array, n_rewrite: int, k
     return nll + hp.kl_factor * kl + hp.v_weight_decay * decay
 
 
-@partial(jax.jit, static_argnames=("cfg", "layer", "hp", "n_rewrite", "fast"))
+@partial(jax.jit, static_argnames=("cfg", "layer", "hp", "n_rewrite", "fast", "site"))
 def optimise_v(
     cfg: ModelConfig,
     params: dict,
@@ -230,8 +230,13 @@ def optimise_v(
     hp: RomeHparams,
     n_rewrite: int,
     fast: bool = True,
+    site: str = "mlp",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Adam on δ (added to layer's MLP output at the fact columns) in one jitted while loop: (δ, v_init, losses).
+
+    Adding δ to the MLP output is adding it to the residual after the layer, so the same search serves ROME
+    (site="mlp": v_init is the MLP output, v* = v_init + δ) and MEMIT (site="resid": v_init is the residual,
+    the target z = v_init + δ); v_init's norm scales the weight decay and the clamp.
 
     fast=True computes each step only where δ can change anything: the layers above `layer`, the columns from
     each row's fact token on (`rows` [B, R], see VBatch.rows; earlier columns attend from a cache), and logits
@@ -242,7 +247,7 @@ def optimise_v(
     loss_stop = cfg.n_layers if hp.v_loss_layer is None else hp.v_loss_layer + 1
     capture = ("resid", "mlp", "attn_k", "attn_v")
     base = forward_tokens(cfg, params, ids, mask, Interventions(capture=capture), fact_cols[:, None])
-    v_init = base.captured["mlp"][layer, 0, fact_cols[0]]
+    v_init = base.captured[site][layer, 0, fact_cols[0]]
 
     def head(resid_or_logits: jax.Array, is_logits: bool) -> jax.Array:
         picked = jnp.take_along_axis(resid_or_logits, out_cols[..., None], axis=1)
@@ -349,9 +354,10 @@ class Edit:
 
 @dataclasses.dataclass(frozen=True)
 class Undo:
-    """The edits of one `edit` call; `undo(lm)` puts every edited kernel back exactly as it was."""
+    """The changes of one `edit` call (ROME: an Edit per request; MEMIT: an update per layer); `undo(lm)` puts
+    every changed kernel back exactly as it was."""
 
-    edits: tuple[Edit, ...]
+    edits: tuple[Any, ...]
 
     def __call__(self, lm: LM) -> LM:
         kernel = lm.params["blocks"]["mlp"]["down"]["kernel"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..editing import KeyStats, RomeHparams, edit, hparams_for, key_statistics
+from ..editing import KeyStats, MemitHparams, RomeHparams, edit, hparams_for, key_statistics, memit
 from ..editing.baselines import FTHparams, finetune
 from ..editing.rome import context_templates
 from ..generation import generate
@@ -36,6 +36,8 @@ class MethodContext:
     stats: KeyStats | None
     ft: FTHparams
     ftl: FTHparams
+    memit: MemitHparams | None = None
+    memit_stats: dict[int, KeyStats] | None = None
 
 
 Method = Callable[[LM, EditCase, MethodContext], LM]
@@ -50,6 +52,7 @@ METHODS: dict[str, Method] = {
     "rome": _rome,
     "ft": lambda lm, case, ctx: finetune(lm, case.request, ctx.ft)[0],
     "ft-l": lambda lm, case, ctx: finetune(lm, case.request, ctx.ftl)[0],
+    "memit": lambda lm, case, ctx: memit.edit(lm, case.request, ctx.memit, ctx.memit_stats)[0],
 }
 
 
@@ -61,14 +64,20 @@ def prepare(lm: LM, method: str, out: Path | None, hparams: dict | None, seed: i
     saved = out / "context.json" if out is not None else None
     if saved is not None and saved.is_file():
         hp = RomeHparams.from_dict(json.loads(saved.read_text())["rome"])
-    elif method == "rome":
+    elif method in ("rome", "memit"):
         hp = hp.override(context_templates=list(context_templates(lm, hp, seed)))
     if saved is not None and not saved.is_file():
         atomic_write_text(saved, json.dumps({"method": method, "model": lm.name, "rome": hp.to_dict()}, indent=2))
     stats = None
     if method == "rome" and hp.mom2_adjustment:
         stats = key_statistics(lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens)[hp.layer]
-    return MethodContext(hp, stats, FTHparams(hp.layer), FTHparams(hp.layer, linf_bound=5e-4))
+    ctx = MethodContext(hp, stats, FTHparams(hp.layer), FTHparams(hp.layer, linf_bound=5e-4))
+    if method == "memit":
+        mhp = hparams_for(lm.name, lm.config.family, "memit").override(
+            context_templates=list(hp.context_templates or context_templates(lm, hp, seed))
+        )
+        ctx.memit, ctx.memit_stats = mhp, key_statistics(lm, mhp.layers, mhp.mom2_corpus, mhp.mom2_n_tokens)
+    return ctx
 
 
 def score_case(lm: LM, case: EditCase, generation_tokens: int, seed: int) -> dict[str, float]:
