@@ -44,10 +44,22 @@ def _print_predictions(rows: list[dict]) -> None:
             print(f"  {item['p']:7.4f}  {item['token']!r}")
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _load_model(args: argparse.Namespace):
+    """The model named on the command line, laid out over --mesh when one is given."""
     from .models.loading import load
 
-    lm = load(args.model, args.dtype)
+    if not getattr(args, "mesh", None):
+        return load(args.model, args.dtype)
+    from .sharding import make_mesh, parse_mesh
+
+    sizes = parse_mesh(args.mesh)
+    lm = load(args.model, args.dtype, mesh=make_mesh(sizes["data"], sizes["model"]))
+    print(f"parameters sharded over a data={sizes['data']} x model={sizes['model']} mesh", file=sys.stderr)
+    return lm
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    lm = _load_model(args)
     rows = _top_predictions(lm, args.prompt, args.top)
     if args.json:
         _write_json(args.json, rows)
@@ -57,9 +69,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import generate
-    from .models.loading import load
 
-    lm = load(args.model, args.dtype)
+    lm = _load_model(args)
     outs = generate(
         lm, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed
     )
@@ -183,12 +194,11 @@ def _noise_arg(text: str) -> str | float:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .models.loading import load
     from .plots import plot_trace
     from .tracing import KINDS, corrupt_and_clean, restore
 
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
-    lm = load(args.model, args.dtype)
+    lm = _load_model(args)
     start = time.perf_counter()
     runs = corrupt_and_clean(
         lm, args.prompt, args.subject, samples=args.samples, noise=_noise_arg(args.noise), seed=args.seed,
@@ -221,7 +231,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_trace_dataset(args: argparse.Namespace) -> int:
     from .data import load_known
-    from .models.loading import load
     from .tracing.dataset import trace_dataset
 
     facts = load_known(None if args.facts == "known_1000" else args.facts)
@@ -229,7 +238,7 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
         if args.n > len(facts):
             print(f"--n {args.n} is more than the {len(facts)} facts there are; tracing all {len(facts)}")
         facts = facts[: args.n]
-    lm = load(args.model, args.dtype)
+    lm = _load_model(args)
     summary = trace_dataset(
         lm, facts, args.kinds, samples=args.samples, noise=_noise_arg(args.noise), window=args.window,
         seed=args.seed, out=args.out,
@@ -263,9 +272,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import edit, hparams_for
     from .editing.rome import Request
     from .models.checkpoint import export_hf, save
-    from .models.loading import load
 
-    lm = load(args.model, args.dtype)
+    lm = _load_model(args)
     req = Request.parse({"prompt": args.prompt, "subject": args.subject, "target_new": args.target})
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     if args.rrome:
@@ -305,9 +313,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import markdown_table, run_eval
-    from .models.loading import load
 
-    lm = load(args.model, args.dtype)
+    lm = _load_model(args)
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, generation_tokens=args.generation_tokens,
@@ -332,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a hub id, or a .gguf file")
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+        p.add_argument("--mesh", help="shard over devices, e.g. 'data=2,model=4' (model: weights; data: trace samples)")
 
     p = sub.add_parser("demo", help="trace and edit a fact on the embedded model (the README's first command)")
     p.add_argument("--model", default="smollm2")

@@ -74,3 +74,27 @@ def test_edit_prints_and_writes_before_and_after(tmp_path):
     assert edit_row["after"]["p_target"] > 0.5 > edit_row["before"]["p_target"]
     assert louvre["after"]["top"] == " Paris"
     assert (tmp_path / "ck" / "jrome.json").is_file() and "p(target)" in out.stdout
+
+
+def test_demo_traces_edits_and_summarises(tmp_path):
+    import matplotlib.image
+
+    out = jrome("demo", "--out", str(tmp_path), "--samples", "3", "--stats-tokens", "20000", "--tokens", "8")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [p.rsplit("/", 1)[-1] for p in summary["pictures"]] == [
+        "trace_hidden.png",
+        "trace_mlp.png",
+        "trace_attn.png",
+    ]
+    for path in summary["pictures"]:
+        assert path in out.stdout  # it says where the pictures are
+        image = matplotlib.image.imread(path)
+        height, width = image.shape[:2]
+        assert 600 < width < 1600 and 300 < height < width  # 30 layers across, a dozen tokens down, at 150 dpi
+        assert image[..., :3].std() > 0.05  # a heatmap, not a blank canvas
+    assert summary["trace"]["answer"] == " Paris" and summary["trace"]["high_score"] > summary["trace"]["low_score"]
+    edit = summary["edit"]
+    assert edit["succeeded"] and edit["checks"]["prompt"]["after"]["top"] == " Rome"
+    assert edit["checks"]["prompt"]["after"]["p_target"] > 0.5 > edit["checks"]["prompt"]["before"]["p_target"]
+    assert edit["checks"]["neighbour"]["after"]["top"] == " Paris"  # the Louvre stays in Paris

@@ -32,7 +32,10 @@ def _dtype(dtype: str | Any) -> Any:
     raise ValueError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
 
 
-def _converter(dtype: Any) -> Any:
+def _converter(dtype: Any, host: bool = False) -> Any:
+    """Checkpoint tensor → parameter leaf: on the default device, or (host=True) a NumPy array to be sharded."""
+    if host:
+        return lambda x: np.asarray(x).astype(dtype)
     return lambda x: jnp.asarray(np.asarray(x), dtype=dtype)
 
 
@@ -51,29 +54,32 @@ def embedded_path(name: str = "smollm2") -> Path:
     )
 
 
-def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = None) -> LM:
+def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = None, mesh: Any = None) -> LM:
     """Load a model: "smollm2" (embedded), a local Hugging Face directory, a folder written by `jrome.save`,
     a hub id, or a .gguf path.
 
     dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
-    tokenizer or a directory to load one from.
+    tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
+    checkpoint tensors are gathered on the host and each device receives only its shard, so a model larger
+    than one device's memory loads.
     """
     target = _dtype(dtype)
     spec = str(spec)
+    host = mesh is not None
     if spec in EMBEDDED:
-        lm = _load_gguf(embedded_path(spec), target, name=spec)
+        lm = _load_gguf(embedded_path(spec), target, name=spec, host=host)
     elif spec.endswith(".gguf"):
         if not Path(spec).is_file():
             raise FileNotFoundError(f"no GGUF file at {spec}")
-        lm = _load_gguf(Path(spec), target, name=spec)
+        lm = _load_gguf(Path(spec), target, name=spec, host=host)
     elif Path(spec).is_dir() and (Path(spec) / MARKER).is_file():
         lm = load_saved(Path(spec), target)
     elif Path(spec).is_dir():
-        lm = _load_directory(Path(spec), target, name=spec)
+        lm = _load_directory(Path(spec), target, name=spec, host=host)
     elif Path(spec).exists():
         raise ValueError(f"{spec} is neither a .gguf file nor a model directory")
     elif spec.count("/") == 1 and not spec.startswith((".", "/")):
-        lm = _load_directory(_download(spec), target, name=spec)
+        lm = _load_directory(_download(spec), target, name=spec, host=host)
     else:
         raise FileNotFoundError(
             f"model {spec!r} not found: pass 'smollm2', a directory with config.json and *.safetensors, "
@@ -81,6 +87,10 @@ def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = No
         )
     if tokenizer is not None:
         lm = lm.replace(tokenizer=_tokenizer_from(tokenizer))
+    if mesh is not None:
+        from ..sharding import shard
+
+        lm = shard(lm, mesh)
     return lm
 
 
@@ -106,12 +116,12 @@ def _download(repo_id: str) -> Path:
         ) from err
 
 
-def _load_gguf(path: Path, dtype: Any, name: str) -> LM:
+def _load_gguf(path: Path, dtype: Any, name: str, host: bool = False) -> LM:
     f = GGUFFile(path)
     cfg = config_from_gguf(f)
     f.check_types()
     names, get = hf_tensors(f, cfg)
-    params = params_from_checkpoint(cfg, names, get, _converter(dtype))
+    params = params_from_checkpoint(cfg, names, get, _converter(dtype, host))
     return LM(config=cfg, params=params, tokenizer=tokenizer_from_gguf(f), name=name)
 
 
@@ -131,7 +141,7 @@ def _safetensors_files(directory: Path) -> list[Path]:
     return files
 
 
-def _load_directory(directory: Path, dtype: Any, name: str) -> LM:
+def _load_directory(directory: Path, dtype: Any, name: str, host: bool = False) -> LM:
     from safetensors import SafetensorError, safe_open
 
     config_file = directory / "config.json"
@@ -153,7 +163,7 @@ def _load_directory(directory: Path, dtype: Any, name: str) -> LM:
         except SafetensorError as err:
             raise ValueError(f"{file}: cannot read tensor {key}: {err}") from err
 
-    params = params_from_checkpoint(cfg, set(handles), get, _converter(dtype))
+    params = params_from_checkpoint(cfg, set(handles), get, _converter(dtype, host))
     return LM(config=cfg, params=params, tokenizer=_directory_tokenizer(directory), name=name)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from ..interventions import Interventions
 from ..models.forward import embed, forward_tokens_jit
 from ..models.lm import LM
+from ..sharding import mesh_of, split_samples
 from ..tokens import subject_range, token_strings
 from .restore import restoration_probs, scatter_scores
 from .schedule import KINDS, plan_layers, plan_rows
@@ -233,6 +234,8 @@ def restore(
     corrupt = {k: runs.corrupt[k] for k in ("inputs", "k", "v")} | (
         {"site": corrupt_site} if corrupt_site is not None else {}
     )
+    mesh = mesh_of(lm)  # on a mesh, the noise samples are split over its "data" axis
+    corrupt = {k: split_samples(mesh, v, axis=1) for k, v in corrupt.items()}
     probs = restoration_probs(
         cfg,
         lm.params,
