@@ -144,8 +144,17 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Key statistics and other caches go to a fresh folder, so tests never read a cache they did not write."""
+    """Key statistics and other caches go to a fresh folder, so tests never read a cache they did not write.
+
+    Compiled XLA programs go to a fresh folder too, shared with the subprocesses the tests start (the CLI,
+    notebook kernels), so a program compiled once in this session is not compiled again in each of them.
+    """
+    import jax
+
     os.environ["JROME_CACHE_DIR"] = str(tmp_path_factory.mktemp("jrome-cache"))
+    compiled = str(tmp_path_factory.mktemp("xla-cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = compiled
+    jax.config.update("jax_compilation_cache_dir", compiled)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,99 @@
+"""Evaluation throughput: ROME on CounterFact with SmolLM2, cases per minute and where the time goes.
+
+    python benchmarks/eval.py [--cases 4] [--generation-tokens 50]
+
+jrome's runner (`run_eval`: batched, shape-bucketed scoring in one jitted call per case and the fast v*
+search) against a straightforward loop over the same cases: one forward per (prompt, target) at its own
+length, and ROME with the full-forward v* search (`fast=False`). Both score the same metrics; the first case
+is run once before timing to compile, so the times are steady-state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine  # noqa: E402
+
+import jrome  # noqa: E402
+from jrome.editing import edit, hparams_for, key_statistics  # noqa: E402
+from jrome.editing.rome import context_templates  # noqa: E402
+from jrome.evaluation import load_dataset, run_eval  # noqa: E402
+from jrome.evaluation.metrics import compare, ngram_entropy, target_ids  # noqa: E402
+from jrome.generation import generate  # noqa: E402
+
+
+def plain_log_prob(lm, prompt: str, target: str) -> float:
+    """Mean token log-prob of target after prompt: one unpadded forward, logits everywhere."""
+    answer = target_ids(lm, target)
+    ids = np.asarray([lm.tokenizer(prompt)["input_ids"] + answer[:-1]], np.int32)
+    logits = np.asarray(jrome.forward(lm, ids).logits[0], np.float64)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    cols = range(ids.shape[1] - len(answer), ids.shape[1])
+    return float(np.mean([logp[c, a] for c, a in zip(cols, answer, strict=True)]))
+
+
+def plain_scores(lm, case, generation_tokens: int) -> dict[str, float]:
+    out = {}
+    groups = {"efficacy": [case.request.text], "paraphrase": list(case.paraphrase_prompts)}
+    for name, prompts in groups.items():
+        new = np.array([plain_log_prob(lm, p, case.request.target_new) for p in prompts])
+        true = np.array([plain_log_prob(lm, p, case.target_true) for p in prompts])
+        out[f"{name}_score"], out[f"{name}_magnitude"] = compare(new, true)
+    pairs = list(zip(case.neighborhood_prompts, case.neighborhood_answers, strict=True))
+    new = np.array([plain_log_prob(lm, p, case.request.target_new) for p, _ in pairs])
+    true = np.array([plain_log_prob(lm, p, a) for p, a in pairs])
+    out["neighborhood_score"], out["neighborhood_magnitude"] = compare(true, new)
+    if generation_tokens and case.generation_prompts:
+        texts = [generate(lm, [p], generation_tokens, temperature=1.0, top_k=5)[0] for p in case.generation_prompts]
+        out["generation_entropy"] = float(np.mean([ngram_entropy(t) for t in texts]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--generation-tokens", type=int, default=50)
+    args = ap.parse_args()
+    print(machine(), flush=True)
+    lm = jrome.load("smollm2")
+    cases = load_dataset("counterfact")[: args.cases]
+    hp = hparams_for(lm.name, lm.config.family)
+    hp = hp.override(context_templates=list(context_templates(lm, hp, 0)))
+    stats = key_statistics(lm, hp.layer, n_tokens=hp.mom2_n_tokens)[hp.layer]
+
+    kwargs = {"progress": False, "generation_tokens": args.generation_tokens}
+    run_eval(lm, "rome", "counterfact", 1, **kwargs)  # compile
+    start = time.perf_counter()
+    summary = run_eval(lm, "rome", "counterfact", args.cases, **kwargs)
+    ours = time.perf_counter() - start
+
+    plain_scores(lm, cases[0], args.generation_tokens)
+    edit(lm, cases[0].request, hp, stats=stats, fast=False)
+    start, t_edit = time.perf_counter(), 0.0
+    for case in cases:
+        plain_scores(lm, case, args.generation_tokens)
+        t0 = time.perf_counter()
+        edited = edit(lm, case.request, hp, stats=stats, fast=False)[0]
+        t_edit += time.perf_counter() - t0
+        plain_scores(edited, case, args.generation_tokens)
+    plain = time.perf_counter() - start
+
+    n = len(cases)
+    share = summary["seconds_edit"] / (summary["seconds_edit"] + summary["seconds_score"])
+    print(f"\nROME on {n} CounterFact cases, SmolLM2, {args.generation_tokens} generated tokens per prompt")
+    print(
+        f"jrome runner        {ours:7.1f} s = {60 * n / ours:5.2f} cases/min   editing {share:.0%}, scoring {1 - share:.0%}"
+    )
+    print(f"straightforward     {plain:7.1f} s = {60 * n / plain:5.2f} cases/min   editing {t_edit / plain:.0%}, scoring {1 - t_edit / plain:.0%}")  # fmt: skip
+    print(f"ratio {plain / ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
