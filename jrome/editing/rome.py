@@ -171,12 +171,14 @@ class VBatch:
 
     @property
     def rows(self) -> np.ndarray:
-        """[B, R]: each row's columns from its fact token on, clipped at the end (R: the longest such run).
+        """[B, R]: each row's columns from its fact token on, clipped at the end (masked as padding there).
 
-        R is not rounded up: every extra column is computed at every Adam step, which costs more than the
-        occasional recompilation for a new R."""
+        R, the longest such run, is rounded up to a multiple of 8 so that requests of similar lengths share
+        one compiled search: over an evaluation, compiling for every new R cost far more than the few extra
+        columns."""
         width = self.ids.shape[1]
-        return np.minimum(self.fact_cols[:, None] + np.arange(width - int(self.fact_cols.min()))[None], width - 1)
+        run = padded_width(width - int(self.fact_cols.min()), 8)
+        return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
 
 
 def v_batch(lm: LM, req: Request, templates: Sequence[str], target_ids: Sequence[int], fact_token: str) -> VBatch:
