@@ -52,19 +52,26 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100])
     ap.add_argument("--methods", nargs="+", default=["rome", "r-rome", "memit"])
     ap.add_argument("--stats-tokens", type=int, default=100_000)
+    ap.add_argument(
+        "--templates",
+        nargs="+",
+        default=["5:10", "10:10"],
+        help="generated context templates, LENGTH:COUNT (preset: 5:10 10:10)",
+    )
     ap.add_argument("--out", default="retention.json")
     args = ap.parse_args()
     sizes = sorted(args.sizes)
     print(machine(), flush=True)
     lm = jrome.load("smollm2")
     cases = distinct_subjects(load_dataset("counterfact"), sizes[-1])
-    rome_hp = load_preset("smollm2").override(mom2_n_tokens=args.stats_tokens)
+    lengths = [[int(x) for x in t.split(":")] for t in args.templates]
+    rome_hp = load_preset("smollm2").override(mom2_n_tokens=args.stats_tokens, context_template_length_params=lengths)
     rome_hp = rome_hp.override(context_templates=list(context_templates(lm, rome_hp, 0)))
     memit_hp = load_preset("smollm2", "memit").override(
         mom2_n_tokens=args.stats_tokens, context_templates=rome_hp.context_templates
     )
     stats = key_statistics(lm, sorted({rome_hp.layer, *memit_hp.layers}), n_tokens=args.stats_tokens)
-    results: dict = {"machine": machine(), "sizes": sizes, "unedited": {}, "methods": {}}
+    results: dict = {"machine": machine(), "sizes": sizes, "templates": rome_hp.context_templates, "unedited": {}, "methods": {}}  # fmt: skip
     for n in sizes:
         results["unedited"][n] = score_all(lm, cases[:n])
         print(f"unedited, first {n}: {results['unedited'][n]}", flush=True)
