@@ -10,6 +10,22 @@ from typing import Any
 FACT_TOKENS = ("subject_last", "subject_first", "last")
 
 
+def _fields_from_dict(cls: type, d: dict[str, Any], method: str) -> dict[str, Any]:
+    """Checked keyword arguments for a hyperparameter dataclass: unknown keys are an error, JSON lists become
+    the tuples the frozen dataclass holds (so it stays hashable and static under jit)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {method} hyperparameters {unknown}; known: {', '.join(sorted(known))}")
+    d = dict(d)
+    for key in ("layers", "context_templates"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
+    if d.get("context_template_length_params") is not None:
+        d["context_template_length_params"] = tuple(tuple(p) for p in d["context_template_length_params"])
+    return d
+
+
 @dataclasses.dataclass(frozen=True)
 class RomeHparams:
     """What one ROME edit needs to know. Field meanings follow the paper's implementation."""
@@ -44,16 +60,7 @@ class RomeHparams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RomeHparams:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ROME hyperparameters {unknown}; known: {', '.join(sorted(known))}")
-        d = dict(d)
-        if d.get("context_template_length_params") is not None:
-            d["context_template_length_params"] = tuple(tuple(p) for p in d["context_template_length_params"])
-        if d.get("context_templates") is not None:
-            d["context_templates"] = tuple(d["context_templates"])
-        return cls(**d)
+        return cls(**_fields_from_dict(cls, d, "ROME"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,17 +96,7 @@ class MemitHparams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemitHparams:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MEMIT hyperparameters {unknown}; known: {', '.join(sorted(known))}")
-        d = dict(d)
-        for key in ("layers", "context_templates"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        if d.get("context_template_length_params") is not None:
-            d["context_template_length_params"] = tuple(tuple(p) for p in d["context_template_length_params"])
-        return cls(**d)
+        return cls(**_fields_from_dict(cls, d, "MEMIT"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,7 +28,7 @@ from ..models.forward import forward_tokens
 from ..models.lm import LM
 from ..tokens import encode, subject_range
 from .hparams import MemitHparams, hparams_for
-from .rome import Request, Undo, _check_request, _with_kernel, context_templates, optimise_v, template_keys, v_batch
+from .rome import Request, Undo, _with_kernel, context_templates, optimise_v, parse_requests, template_keys, v_batch
 from .stats import KeyStats, key_statistics
 
 
@@ -97,14 +97,8 @@ def edit(
 
     stats: {layer: KeyStats} for every edited layer (default: computed in one pass and cached on disk).
     """
-    reqs = [requests] if isinstance(requests, Request | dict) else list(requests)
-    if not reqs:
-        raise ValueError("no requests to apply")
-    if lm.tokenizer is None:
-        raise ValueError("MEMIT needs the model's tokenizer")
-    reqs = [Request.parse(r) for r in reqs]
+    reqs, targets = parse_requests(lm, requests, "MEMIT")
     hp = _resolve(lm, hparams)
-    targets = [_check_request(lm, r) for r in reqs]
     subjects = [r.subject for r in reqs]
     if len(set(subjects)) < len(subjects):
         raise ValueError("MEMIT edits each subject once per batch; these requests repeat a subject")

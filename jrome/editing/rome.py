@@ -90,6 +90,19 @@ def _check_request(lm: LM, req: Request) -> list[int]:
     return ids
 
 
+def parse_requests(
+    lm: LM, requests: Request | dict | Sequence[Request | dict], method: str
+) -> tuple[list[Request], list[list[int]]]:
+    """One request or several, parsed and checked against the model: (requests, each target's token ids)."""
+    reqs = [requests] if isinstance(requests, Request | dict) else list(requests)
+    if not reqs:
+        raise ValueError("no requests to apply")
+    if lm.tokenizer is None:
+        raise ValueError(f"{method} needs the model's tokenizer")
+    reqs = [Request.parse(r) for r in reqs]
+    return reqs, [_check_request(lm, r) for r in reqs]
+
+
 def context_templates(lm: LM, hp: RomeHparams, seed: int = 0) -> tuple[str, ...]:
     """ "{}" plus prefixes the model writes itself (ROME's context templates), or the explicit ones in hp."""
     if hp.context_templates is not None:
@@ -398,15 +411,9 @@ def edit(
     over hparams.mom2_corpus and cached on disk. Context templates are generated once per call (seeded).
     fast=False runs the v* search as full forwards (the straightforward version, for checks and benchmarks).
     """
-    reqs = [requests] if isinstance(requests, Request | dict) else list(requests)
-    if not reqs:
-        raise ValueError("no requests to apply")
-    if lm.tokenizer is None:
-        raise ValueError("ROME needs the model's tokenizer")
-    reqs = [Request.parse(r) for r in reqs]
+    reqs, targets = parse_requests(lm, requests, "ROME")
     hp = _resolve_hparams(lm, hparams)
     layer = hp.layer
-    targets = [_check_request(lm, r) for r in reqs]
     solve = KeySolver(resolve_stats(lm, hp, layer, stats), lm.config.d_mlp, hp.mom2_regularize)
     templates = context_templates(lm, hp, seed)
     edits, current = [], lm
