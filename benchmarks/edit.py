@@ -26,8 +26,8 @@ from common import machine  # noqa: E402
 
 import jrome  # noqa: E402
 from jrome.editing import edit, key_statistics, load_preset  # noqa: E402
-from jrome.editing.rome import Request  # noqa: E402
-from jrome.tokens import subject_range  # noqa: E402
+from jrome.editing.requests import Request  # noqa: E402
+from jrome.tokens import fact_index  # noqa: E402
 
 TEMPLATES = (
     "{}",
@@ -66,7 +66,8 @@ def torch_statistics(model, tok, layer: int, windows: np.ndarray) -> float:
 
 
 def torch_rome(model, tok, req: Request, hp, cov: np.ndarray) -> tuple[float, np.ndarray]:
-    """ROME the hook-based way: (seconds, v*). Right padding, full forwards, Adam on δ, then the rank-one update."""
+    """ROME the hook-based way, with the original's loss: (seconds, v*). Right padding, full forwards, Adam on δ,
+    then the rank-one update."""
     import torch
 
     start = time.perf_counter()
@@ -75,7 +76,8 @@ def torch_rome(model, tok, req: Request, hp, cov: np.ndarray) -> tuple[float, np
     target = tok(" " + req.target_new)["input_ids"]
     texts = [t.replace("{}", text) for t in TEMPLATES] + [f"{req.subject} is a"]
     rows = [tok(t)["input_ids"] + (target[:-1] if i < len(TEMPLATES) else []) for i, t in enumerate(texts)]
-    lookup = [subject_range(tok, t, req.subject)[1] - 1 for t in texts]
+    placeholders = [t.replace("{}", req.prompt) for t in TEMPLATES] + ["{} is a"]
+    lookup = [fact_index(tok, t, req.subject, "subject_last") for t in placeholders]  # the subject's placeholder
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
@@ -118,7 +120,8 @@ def torch_rome(model, tok, req: Request, hp, cov: np.ndarray) -> tuple[float, np
         if step == 0:
             state["kl_init"] = kl_lp.detach().clone()
         kl = (kl_lp.exp() * (kl_lp - state["kl_init"])).sum(-1).mean()
-        loss = nll + hp.kl_factor * kl + hp.v_weight_decay * delta.norm() ** 2 / state["v_init"].norm() ** 2
+        # the original's weight decay (compute_v.py): |δ| / |v_init|², whose gradient PyTorch takes as 0 at δ = 0
+        loss = nll + hp.kl_factor * kl + hp.v_weight_decay * delta.norm() / state["v_init"].norm() ** 2
         if loss.item() < 5e-2 or step == hp.v_num_grad_steps - 1:
             break
         loss.backward()

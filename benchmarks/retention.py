@@ -67,9 +67,7 @@ def main() -> None:
     lengths = [[int(x) for x in t.split(":")] for t in args.templates]
     rome_hp = load_preset("smollm2").override(mom2_n_tokens=args.stats_tokens, context_template_length_params=lengths)
     rome_hp = rome_hp.override(context_templates=list(context_templates(lm, rome_hp, 0)))
-    memit_hp = load_preset("smollm2", "memit").override(
-        mom2_n_tokens=args.stats_tokens, context_templates=rome_hp.context_templates
-    )
+    memit_hp = load_preset("smollm2", "memit").override(mom2_n_tokens=args.stats_tokens)  # MEMIT's own templates
     stats = key_statistics(lm, sorted({rome_hp.layer, *memit_hp.layers}), n_tokens=args.stats_tokens)
     results: dict = {"machine": machine(), "sizes": sizes, "templates": rome_hp.context_templates, "unedited": {}, "methods": {}}  # fmt: skip
     for n in sizes:

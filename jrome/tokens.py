@@ -74,3 +74,42 @@ def subject_range(tokenizer: Any, prompt: str, subject: str) -> tuple[int, int]:
     last = first + len(needle)
     hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < last and b > first]
     return hits[0], hits[-1] + 1
+
+
+FACT_TOKENS = ("subject_last", "subject_first", "last")
+
+
+def placeholder_span(tokenizer: Any, template: str, subject: str) -> tuple[int, int]:
+    """The [start, end) token span of `subject` written where `template` has its "{}".
+
+    The original code finds the subject by the position of the placeholder, not by searching the text, so a
+    context prefix that happens to contain the subject does not move it. Every token overlapping the subject's
+    characters is in the span (a leading space and a BOS the tokenizer adds are handled as in subject_range).
+    """
+    if template.count("{}") != 1:
+        raise ValueError(f"the template must contain '{{}}' exactly once where the subject goes; got {template!r}")
+    needle = subject.strip()
+    if not needle:
+        raise ValueError(f"the subject is empty (got {subject!r}); give the words of the prompt it refers to")
+    at = template.index("{}")
+    text = template[:at] + subject + template[at + 2 :]
+    first = at + len(subject) - len(subject.lstrip())
+    last = first + len(needle)
+    enc = tokenizer(text, return_offsets_mapping=True)
+    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < last and b > first]
+    if not hits:
+        raise ValueError(f"subject {needle!r} covers no token of {text!r}")
+    return hits[0], hits[-1] + 1
+
+
+def fact_index(tokenizer: Any, template: str, subject: str, fact_token: str) -> int:
+    """Token index, in the filled-in template, where ROME reads the key and writes the value (paper: the subject's
+    last token). fact_token: "subject_last", "subject_first", or "last" (the prompt's last token)."""
+    if fact_token not in FACT_TOKENS:
+        raise ValueError(f"fact_token={fact_token!r}; accepted: {', '.join(FACT_TOKENS)}")
+    start, end = placeholder_span(tokenizer, template, subject)
+    if fact_token == "subject_last":
+        return end - 1
+    if fact_token == "subject_first":
+        return start
+    return len(tokenizer(template.replace("{}", subject))["input_ids"]) - 1

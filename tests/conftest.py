@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random checkpoints built by transformers, the embedded SmolLM2, and the data folder."""
+"""Shared fixtures: tiny random checkpoints built by transformers, the embedded SmolLM2, the data folder, the
+original code's outputs (the golden files), and the expensive results several test files check (one ROME edit)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,30 @@ import pytest
 
 import jrome
 
-DATA_DIR = Path(os.environ.get("JROME_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA_DIR = Path(os.environ.get("JROME_DATA_DIR", SHARED / "data")).resolve()
+GOLDEN_DIR = Path(os.environ.get("JROME_GOLDEN_DIR", SHARED / "golden")).resolve()
+os.environ["JROME_DATA_DIR"] = str(DATA_DIR)  # the library, subprocesses and notebook kernels read the same folder
 
 
-def data_file(relative: str) -> Path:
-    """A file of the shared data folder; skipped when absent, unless JROME_REQUIRE_DATA=1 (CI) makes it a failure."""
-    path = DATA_DIR / relative
+def _required(path: Path, what: str) -> Path:
+    """path if it exists; else skipped, unless JROME_REQUIRE_DATA=1 (CI) makes a missing file a failure."""
     if not path.is_file():
-        message = f"{path} is missing; see data/README.md (set JROME_DATA_DIR)"
+        message = f"{path} is missing; {what}"
         if os.environ.get("JROME_REQUIRE_DATA") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def data_file(relative: str) -> Path:
+    """A file of the shared data folder (the one place tests read data from)."""
+    return _required(DATA_DIR / relative, "see data/README.md (set JROME_DATA_DIR)")
+
+
+def golden_file(name: str) -> Path:
+    """An output of the original code (kmeng01/rome), the oracle of the fidelity tests; see its README."""
+    return _required(GOLDEN_DIR / name, "the original code's outputs live in ../shared/golden (set JROME_GOLDEN_DIR)")
 
 
 # Tiny configs that exercise what differs between the families: partial and interleaved rotary, parallel
@@ -120,6 +133,14 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs the real SmolLM2 (directly or through a fixture) is marked slow: `-m "not slow"` is the
+    quick loop."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
     """A factory: family name → a tiny model with the word-level tokenizer, for tests that need text."""
@@ -160,6 +181,36 @@ def private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2() -> jrome.LM:
     return jrome.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def golden_rome() -> dict:
+    """The original's ROME edit of SmolLM2 (Eiffel Tower → Rome at layer 4): its inputs and outputs."""
+    import json
+
+    record = json.loads(golden_file("rome_smollm2_eiffel_L4.json").read_text())
+    with np.load(golden_file("rome_smollm2_eiffel_L4.npz")) as arrays:
+        record["arrays"] = {k: arrays[k] for k in arrays.files}
+    return record
+
+
+@pytest.fixture(scope="session")
+def golden_hparams(golden_rome):
+    """jrome's hyperparameters for the golden edit: the original's ROME defaults, layer 4, its six templates."""
+    from jrome.editing import RomeHparams
+
+    h = golden_rome["hparams"]
+    return RomeHparams(
+        layer=golden_rome["layer"], fact_token=h["fact_token"], v_num_grad_steps=h["v_num_grad_steps"], v_lr=h["v_lr"],
+        v_weight_decay=h["v_weight_decay"], clamp_norm_factor=h["clamp_norm_factor"], kl_factor=h["kl_factor"],
+        mom2_adjustment=h["mom2_adjustment"], context_templates=tuple(golden_rome["templates"]),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def eiffel_edit(smollm2, golden_rome, golden_hparams):
+    """The one Eiffel Tower → Rome edit the tests share: jrome.rome.edit with the golden settings and C."""
+    return jrome.rome.edit(smollm2, golden_rome["request"], golden_hparams, stats=golden_rome["arrays"]["C"])
 
 
 @pytest.fixture

@@ -1,21 +1,66 @@
-"""ROME hyperparameter presets shipped with the package."""
+"""Hyperparameter presets: the paper models' presets equal the original code's files field by field."""
 
 from __future__ import annotations
 
 import pytest
 
-from jrome.editing import RomeHparams, hparams_for, load_preset, presets
+from jrome.editing import MemitHparams, RomeHparams, hparams_for, load_preset, presets
+
+# The originals' values, read from kmeng01/rome@0874014 hparams/ROME/*.json and kmeng01/memit@80426fd
+# hparams/{ROME/EleutherAI_gpt-neox-20b,MEMIT/*}.json (layers as jrome's single `layer` for ROME).
+SHARED_ROME = {
+    "fact_token": "subject_last", "v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5, "kl_factor": 0.0625,
+    "mom2_adjustment": True, "context_template_length_params": ((5, 10), (10, 10)), "mom2_n_samples": 100000,
+}  # fmt: skip
+ORIGINAL_ROME = {
+    "gpt2-medium": {"layer": 8, "v_loss_layer": 23, "clamp_norm_factor": 3},
+    "gpt2-large": {"layer": 12, "v_loss_layer": 35, "clamp_norm_factor": 4},
+    "gpt2-xl": {"layer": 17, "v_loss_layer": 47, "clamp_norm_factor": 4},
+    "gpt-j-6b": {"layer": 5, "v_loss_layer": 27, "clamp_norm_factor": 4},
+    "gpt-neox-20b": {"layer": 15, "v_loss_layer": 43, "clamp_norm_factor": 4},
+}
+SHARED_MEMIT = {
+    "fact_token": "subject_last", "v_lr": 0.5, "v_weight_decay": 0.5, "kl_factor": 0.0625, "clamp_norm_factor": 0.75,
+    "mom2_n_samples": 100000,
+}  # fmt: skip
+ORIGINAL_MEMIT = {
+    "gpt2-xl": {
+        "layers": (13, 14, 15, 16, 17),
+        "v_num_grad_steps": 20,
+        "v_loss_layer": 47,
+        "mom2_update_weight": 20000,
+    },
+    "gpt-j-6b": {"layers": (3, 4, 5, 6, 7, 8), "v_num_grad_steps": 25, "v_loss_layer": 27, "mom2_update_weight": 15000},
+}
 
 
-def test_presets_cover_the_families_and_the_paper_models():
-    names = presets()
-    assert {"gpt2", "gptj", "gpt_neox", "llama", "gpt2-xl", "gpt-j-6b", "smollm2"} <= set(names)
-    assert load_preset("gpt2-xl").layer == 17 and load_preset("gpt-j-6b").layer == 5
+@pytest.mark.parametrize("name", sorted(ORIGINAL_ROME))
+def test_rome_presets_equal_the_originals(name):
+    preset = load_preset(name)
+    for field, value in (SHARED_ROME | ORIGINAL_ROME[name]).items():
+        assert getattr(preset, field) == value, (name, field)
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_MEMIT))
+def test_memit_presets_equal_the_originals(name):
+    preset = load_preset(name, "memit")
+    for field, value in (SHARED_MEMIT | ORIGINAL_MEMIT[name]).items():
+        assert getattr(preset, field) == value, (name, field)
+
+
+def test_every_preset_loads_and_family_presets_share_the_originals_method_settings():
+    assert {"gpt2", "gptj", "gpt_neox", "llama", "smollm2", *ORIGINAL_ROME} <= set(presets())
+    assert {"gpt2", "gptj", "gpt_neox", "llama", "smollm2", *ORIGINAL_MEMIT} <= set(presets("memit"))
+    for family in ("gpt2", "gptj", "gpt_neox", "llama"):
+        rome, memit = load_preset(family), load_preset(family, "memit")
+        assert rome.layer is None and memit.layers is None  # a layer comes from a causal trace of the model
+        assert rome.v_weight_decay == 0.5 and rome.clamp_norm_factor == 4 and memit.clamp_norm_factor == 0.75
 
 
 def test_a_model_name_or_hub_id_selects_its_preset_and_otherwise_its_family():
     assert hparams_for("smollm2", "llama") == load_preset("smollm2")
     assert hparams_for("openai-community/gpt2-xl", "gpt2").layer == 17
+    assert hparams_for("EleutherAI/gpt-j-6B", "gptj", "memit").v_num_grad_steps == 25
     assert hparams_for("/models/my-llama", "llama").layer is None
 
 
@@ -28,3 +73,9 @@ def test_overrides_and_errors():
         RomeHparams(layer=1, fact_token="middle")
     with pytest.raises(ValueError, match="no ROME preset .gpt5."):
         load_preset("gpt5")
+    with pytest.raises(ValueError, match="mom2_n_samples \\(0\\) must be positive"):
+        RomeHparams(layer=1, mom2_n_samples=0)
+    with pytest.raises(ValueError, match="fact_token='last'; MEMIT accepts"):
+        MemitHparams(layers=(1, 2), fact_token="last")
+    with pytest.raises(ValueError, match="needs one '\\{\\}'"):
+        RomeHparams(layer=1, context_templates=("{} and {}",))

@@ -1,55 +1,64 @@
-"""MEMIT: many facts in one batch edit, spread over several layers."""
+"""MEMIT: many facts in one batch edit, spread over several layers, with MEMIT's own templates and key averaging."""
 
 from __future__ import annotations
 
-import jax
+import chex
 import numpy as np
 import pytest
+from conftest import data_file
 
 from jrome.editing import MemitHparams, key_statistics, load_preset, memit
+from jrome.editing.templates import MEMIT_STARTERS
+from jrome.editing.undo import down_kernel
 from jrome.evaluation import load_dataset
-from jrome.evaluation.metrics import counterfact_scores, score_targets
-
-TEMPLATES = ("{}", "I read it in a book. {}", "Because of that, {}")
+from jrome.evaluation.metrics import score_targets
 
 
 @pytest.fixture(scope="module")
 def batch(smollm2):
-    cases = load_dataset("counterfact")[:10]
-    hp = load_preset("smollm2", "memit").override(context_templates=TEMPLATES)
-    stats = key_statistics(smollm2, hp.layers, n_tokens=20_000, progress=False)
+    cases = load_dataset(data_file("counterfact/counterfact-edit.json"))[:10]
+    hp = load_preset("smollm2", "memit")
+    stats = key_statistics(smollm2, hp.layers, n_tokens=hp.mom2_n_tokens, progress=False)
     new, undo = memit.edit(smollm2, [c.request for c in cases], hp, stats)
     return cases, new, undo
 
 
-def test_ten_facts_in_one_batch(smollm2, batch):
+def success(lm, cases, prompts, answers):
+    """Share of prompts after which answers[0] (the new objects) is more likely than answers[1]."""
+    a = score_targets(lm, prompts, answers[0])[0]
+    b = score_targets(lm, prompts, answers[1])[0]
+    return float(np.mean(a > b))
+
+
+def test_ten_facts_in_one_batch_take_their_new_objects(smollm2, batch):
     cases, new, _ = batch
-    before = [counterfact_scores(smollm2, c) for c in cases]
-    after = [counterfact_scores(new, c) for c in cases]
-    assert np.mean([a["efficacy_score"] for a in after]) >= 0.8
-    for b, a in zip(before, after, strict=True):  # every edited fact moved towards its new object
-        assert a["efficacy_magnitude"] > b["efficacy_magnitude"]
+    prompts = [c.request.text for c in cases]
+    answers = ([c.request.target_new for c in cases], [c.target_true for c in cases])
+    assert success(smollm2, cases, prompts, answers) <= 0.3
+    assert success(new, cases, prompts, answers) >= 0.9
 
 
-def test_a_fact_outside_the_batch_keeps_its_answer(smollm2, batch):
+def test_neighbours_keep_their_answers(smollm2, batch):
     cases, new, _ = batch
-    prompt = ["The Eiffel Tower is located in the city of"]
-    (before,), _ = score_targets(smollm2, prompt, ["Paris"])
-    (after,), (still_top,) = score_targets(new, prompt, ["Paris"])
-    assert still_top == 1.0
-    edited = ([c.request.text for c in cases], [c.request.target_new for c in cases])
-    gain = np.exp(score_targets(new, *edited)[0]) - np.exp(score_targets(smollm2, *edited)[0])
-    assert abs(np.exp(after) - np.exp(before)) < 0.1 * gain.mean()  # the edits moved their facts 10x more
+    prompts = [p for c in cases for p in c.neighborhood_prompts]
+    answers = ([a for c in cases for a in c.neighborhood_answers], [c.request.target_new for c in cases])
+    assert success(new, cases, prompts, answers) >= success(smollm2, cases, prompts, answers) - 0.1
 
 
-def test_every_layer_changes_and_undo_restores_them_exactly(smollm2, batch):
+def test_every_edited_layer_changes_and_nothing_else_and_undo_is_exact(smollm2, batch):
     _, new, undo = batch
-    kernels = new.params["blocks"]["mlp"]["down"]["kernel"]
-    base = smollm2.params["blocks"]["mlp"]["down"]["kernel"]
+    kernels, base = down_kernel(new.params), down_kernel(smollm2.params)
     changed = [layer for layer in range(30) if not np.array_equal(np.asarray(kernels[layer]), np.asarray(base[layer]))]
-    assert changed == [1, 2, 3, 4] == [u.layer for u in undo.edits]
-    for a, b in zip(jax.tree.leaves(undo(new).params), jax.tree.leaves(smollm2.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert changed == list(load_preset("smollm2", "memit").layers) == [u.layer for u in undo.edits]
+    assert undo.edits[0].losses.shape[:1] == (10,) and undo.edits[0].losses.shape[2] == 4  # every fact's v* search
+    chex.assert_trees_all_equal(undo(new).params, smollm2.params)
+
+
+def test_memit_groups_are_the_originals(smollm2):
+    groups = memit.context_groups(smollm2, load_preset("smollm2", "memit"))
+    assert groups[0] == ("{}",) and len(groups[1]) == 5
+    assert [t.split()[0] for t in groups[1]] == [s.split()[0] for s in MEMIT_STARTERS]
+    assert all(t.endswith(". {}") for t in groups[1])
 
 
 def test_bad_input(smollm2):
@@ -59,4 +68,6 @@ def test_bad_input(smollm2):
     with pytest.raises(ValueError, match=r"layers \[40\] are out of range"):
         memit.edit(smollm2, [request], {"layers": [3, 40]})
     with pytest.raises(ValueError, match="repeat a subject"):
-        memit.edit(smollm2, [request, request | {"target_new": "London"}], {"context_templates": TEMPLATES})
+        memit.edit(smollm2, [request, request | {"target_new": "London"}], {"context_templates": ["{}", "A. {}"]})
+    with pytest.raises(ValueError, match="stats has no statistics for layers"):
+        memit.edit(smollm2, [request], {"layers": [3, 4]}, stats={3: None})

@@ -1,46 +1,26 @@
-"""ROME: the closed form, the v* search, undo, and a real edit of SmolLM2."""
+"""ROME: the same numbers as the original code (the golden edit), the closed form's defining properties, undo,
+the v* search's two implementations, context templates, and bad input."""
 
 from __future__ import annotations
 
+import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jrome
-from jrome.editing import RomeHparams, edit, key_statistics, load_preset
-from jrome.editing.rome import Request, _check_request, optimise_v, rank_one_update, v_batch
+from jrome.editing import RomeHparams, edit
+from jrome.editing.keys import grouped_key, template_keys
+from jrome.editing.requests import Request, target_ids
+from jrome.editing.rome import rank_one_update
+from jrome.editing.templates import rome_templates, start_text, template_groups
+from jrome.editing.undo import down_kernel
+from jrome.editing.vsearch import LOSS_COLUMNS, optimise_v, search, v_batch
+from jrome.generation import sample_to_length
+from jrome.tokens import fact_index
 
-TEMPLATES = ("{}", "The weather is nice today. {}", "I read it in a book. {}", "Because of that, {}")
 EIFFEL = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
-
-
-def test_closed_form_maps_the_key_to_the_value_and_leaves_orthogonal_keys_alone():
-    rng = np.random.default_rng(0)
-    f, d = 64, 24
-    w, bias = rng.normal(size=(f, d)), rng.normal(size=d)
-    a = rng.normal(size=(f, 4 * f))
-    c = a @ a.T / (4 * f)
-    k, v = rng.normal(size=f), rng.normal(size=d)
-    u = np.linalg.solve(c, k)
-    lam, u_hat = rank_one_update(w, u, k, v, bias)
-    w_new = w + np.outer(u_hat, lam)
-    np.testing.assert_allclose(k @ w_new + bias, v, atol=1e-5 * np.abs(v).max())
-    other = rng.normal(size=f)
-    other -= (other @ u_hat) * u_hat
-    np.testing.assert_allclose(other @ w_new, other @ w, atol=1e-9)
-    assert not np.allclose(rng.normal(size=f) @ w_new, 0)
-
-
-@pytest.fixture(scope="module")
-def stats(smollm2):
-    return key_statistics(smollm2, 4, n_tokens=40_000, progress=False)
-
-
-@pytest.fixture(scope="module")
-def edited(smollm2, stats):
-    hp = load_preset("smollm2").override(mom2_n_tokens=40_000)
-    return edit(smollm2, EIFFEL, hp, stats=stats)
+TEMPLATES = ("{}", "The weather is nice today. {}", "I read it in a book. {}")
 
 
 def probs(lm, prompt):
@@ -52,66 +32,112 @@ def token(lm, text):
     return lm.tokenizer(text)["input_ids"][0]
 
 
-def test_eiffel_tower_moves_to_rome_and_the_louvre_stays_in_paris(smollm2, edited):
-    new, _ = edited
+def without_down(params):
+    """The parameter tree without the MLP output projections (the leaf an edit may change)."""
+    mlp = {k: v for k, v in params["blocks"]["mlp"].items() if k != "down"}
+    return params | {"blocks": params["blocks"] | {"mlp": mlp}}
+
+
+# The golden edit: what the original code computed for Eiffel Tower → Rome on SmolLM2 at layer 4.
+
+
+def test_left_vector_equals_the_originals(eiffel_edit, golden_rome):
+    (e,) = eiffel_edit[1].edits
+    u = golden_rome["arrays"]["u"]
+    assert np.linalg.norm(e.u_hat - u) / np.linalg.norm(u) < 1e-4
+
+
+def test_right_vector_equals_the_originals(eiffel_edit, golden_rome):
+    (e,) = eiffel_edit[1].edits
+    v = golden_rome["arrays"]["v"]
+    assert np.linalg.norm(e.lam - v) / np.linalg.norm(v) < 1e-3
+
+
+def test_every_loss_term_at_every_step_prints_as_the_originals(eiffel_edit, golden_rome):
+    (e,) = eiffel_edit[1].edits
+    printed = [[step[c] for c in LOSS_COLUMNS] for step in golden_rome["losses_printed_3dp"]]
+    ours = np.round(e.losses.astype(np.float64), 3)[: len(printed)]
+    np.testing.assert_array_equal(ours, np.asarray(printed))
+    assert np.isnan(e.losses[len(printed) :]).all()  # the same number of steps: the early stop agrees too
+
+
+def test_probabilities_before_and_after_equal_the_originals(smollm2, eiffel_edit, golden_rome):
+    new, _ = eiffel_edit
     rome, paris = token(smollm2, " Rome"), token(smollm2, " Paris")
-    assert probs(smollm2, "The Eiffel Tower is located in the city of")[rome] < 0.05
-    assert probs(new, "The Eiffel Tower is located in the city of")[rome] > 0.5
-    assert probs(new, "The Eiffel Tower is in the heart of")[rome] > 0.5
-    assert int(probs(new, "The Louvre is located in the city of").argmax()) == paris
+    for model, rows in ((smollm2, golden_rome["probs_before"]), (new, golden_rome["probs_after"])):
+        for prompt, p_rome, p_paris in rows:
+            p = probs(model, prompt)
+            assert p[rome] == pytest.approx(p_rome, abs=2e-3) and p[paris] == pytest.approx(p_paris, abs=2e-3), prompt
 
 
-def test_the_edit_writes_v_star_for_the_key(smollm2, edited):
-    new, undo = edited
+# What the closed form promises, checked on the real edit.
+
+
+def test_the_edited_kernel_maps_the_key_to_v_star_and_orthogonal_keys_as_before(eiffel_edit):
+    new, undo = eiffel_edit
     (e,) = undo.edits
-    kernel = np.asarray(new.params["blocks"]["mlp"]["down"]["kernel"][4], np.float64)
+    kernel = np.asarray(down_kernel(new.params)[e.layer], np.float64)
     old = np.asarray(e.old_kernel, np.float64)
-    np.testing.assert_allclose(kernel - old, np.outer(e.u_hat, e.lam), atol=1e-6)
-    assert np.linalg.matrix_rank(kernel - old, tol=1e-4) == 1
-    assert e.losses[0] > e.losses[np.isfinite(e.losses)][-1]
+    np.testing.assert_allclose(e.k @ kernel, e.v_star, rtol=1e-4, atol=1e-4 * np.abs(e.v_star).max())
+    assert np.linalg.norm(e.k @ old - e.v_star) > 100 * np.linalg.norm(e.k @ kernel - e.v_star)
+    rng = np.random.default_rng(0)
+    others = rng.normal(size=(4, kernel.shape[0]))
+    others -= np.outer(others @ e.u_hat, e.u_hat)
+    np.testing.assert_allclose(others @ kernel, others @ old, atol=1e-4)
 
 
-def test_undo_is_bit_for_bit_and_the_input_is_never_changed(smollm2, edited):
-    before = [np.array(x) for x in jax.tree.leaves(smollm2.params)]
-    new, undo = edited
-    for a, b in zip(before, jax.tree.leaves(smollm2.params), strict=True):
-        np.testing.assert_array_equal(a, np.asarray(b))
-    restored = undo(new)
-    for a, b in zip(before, jax.tree.leaves(restored.params), strict=True):
-        np.testing.assert_array_equal(a, np.asarray(b))
-    assert not np.array_equal(np.asarray(new.params["blocks"]["mlp"]["down"]["kernel"]), before[0] * 0)
+def test_the_edit_changes_one_layer_of_one_leaf_and_undo_restores_it_bit_for_bit(smollm2, eiffel_edit):
+    new, undo = eiffel_edit
+    (e,) = undo.edits
+    before, after = down_kernel(smollm2.params), down_kernel(new.params)
+    changed = [layer for layer in range(before.shape[0]) if not np.array_equal(before[layer], after[layer])]
+    assert changed == [e.layer]
+    chex.assert_trees_all_equal(without_down(new.params), without_down(smollm2.params))
+    chex.assert_trees_all_equal(undo(new).params, smollm2.params)
 
 
-def test_a_second_edit_of_the_same_shapes_does_not_recompile(smollm2, stats):
-    hp = load_preset("smollm2").override(context_templates=TEMPLATES, v_num_grad_steps=3)
-    edit(smollm2, EIFFEL, hp, stats=stats)
+def test_closed_form_on_random_numbers():
+    rng = np.random.default_rng(0)
+    f, d = 64, 24
+    w, bias = rng.normal(size=(f, d)), rng.normal(size=d)
+    a = rng.normal(size=(f, 4 * f))
+    c = a @ a.T / (4 * f)
+    k, v = rng.normal(size=f), rng.normal(size=d)
+    lam, u_hat = rank_one_update(w, np.linalg.solve(c, k), k, v, bias)
+    w_new = w + np.outer(u_hat, lam)
+    np.testing.assert_allclose(k @ w_new + bias, v, atol=1e-9)
+    other = rng.normal(size=f)
+    other -= (other @ u_hat) * u_hat
+    np.testing.assert_allclose(other @ w_new, other @ w, atol=1e-9)
+    with pytest.raises(ValueError, match="orthogonal"):
+        rank_one_update(w, np.eye(f)[0], np.eye(f)[1], v)
+
+
+def test_a_second_edit_of_the_same_shapes_does_not_recompile(smollm2, eiffel_edit, golden_rome, golden_hparams):
     size = optimise_v._cache_size()
-    new, undo = edit(smollm2, EIFFEL | {"target_new": "Tokyo"}, hp, stats=stats)
+    _, undo = edit(smollm2, EIFFEL | {"target_new": "London"}, golden_hparams, stats=golden_rome["arrays"]["C"])
     assert optimise_v._cache_size() == size
-    assert undo.edits[0].request.target_new == "Tokyo"
+    assert undo.edits[0].request.target_new == "London"
 
 
-def test_a_prompt_with_the_subject_written_out_is_the_same_request():
-    req = Request.parse(EIFFEL | {"prompt": "The Eiffel Tower is located in the city of"})
-    assert req == Request.parse(EIFFEL)
-
-
-def test_sequential_edits_and_r_rome(smollm2, stats):
-    hp = load_preset("smollm2").override(context_templates=TEMPLATES, rrome=True)
+def test_sequential_edits_and_r_rome(smollm2, golden_rome, golden_hparams):
+    hp = golden_hparams.override(rrome=True)
     requests = [
         EIFFEL,
         {"prompt": "{} is located in the city of", "subject": "The Space Needle", "target_new": "London"},
     ]
-    new, undo = edit(smollm2, requests, hp, stats=stats)
+    new, undo = edit(smollm2, requests, hp, stats=golden_rome["arrays"]["C"])
     assert len(undo.edits) == 2
     assert int(probs(new, "The Eiffel Tower is located in the city of").argmax()) == token(smollm2, " Rome")
     assert int(probs(new, "The Space Needle is located in the city of").argmax()) == token(smollm2, " London")
     first = undo.edits[0]  # r-ROME: the averaged key itself maps to v*
+    np.testing.assert_allclose(first.k, first.k_star)
     kernel = np.asarray(first.old_kernel, np.float64) + np.outer(first.u_hat, first.lam)
     np.testing.assert_allclose(first.k_star @ kernel, first.v_star, rtol=1e-4, atol=1e-4)
-    restored = undo(new)
-    for a, b in zip(jax.tree.leaves(smollm2.params), jax.tree.leaves(restored.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(undo(new).params, smollm2.params)
+
+
+# The v* search: the fast program against the straightforward one, on tiny models of two families.
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
@@ -119,55 +145,101 @@ def test_fast_v_search_equals_the_full_forward_version(tiny_lm, name):
     lm = tiny_lm(name)
     hp = RomeHparams(layer=1, context_templates=("{}", "a new {}", "the old big famous {}"), v_num_grad_steps=6)
     req = Request("{} is located in the city of", "the eiffel tower", "rome paris")
-    b = v_batch(lm, req, hp.context_templates, _check_request(lm, req), "subject_last")
-    args = (lm.config, lm.params, b.ids, b.mask, b.fact_cols, b.out_cols, b.target_ids, b.rows)
-    fast = optimise_v(*args, layer=1, hp=hp, n_rewrite=b.n_rewrite, fast=True)
-    ref = optimise_v(*args, layer=1, hp=hp, n_rewrite=b.n_rewrite, fast=False)
-    np.testing.assert_allclose(np.asarray(fast[2]), np.asarray(ref[2]), rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(fast[0]), np.asarray(ref[0]), rtol=1e-3, atol=1e-4)
-    assert float(jnp.linalg.norm(fast[0])) > 0
+    fast = search(lm, req, hp.context_templates, target_ids(lm, req), 1, hp, fast=True)
+    ref = search(lm, req, hp.context_templates, target_ids(lm, req), 1, hp, fast=False)
+    np.testing.assert_allclose(fast[2], ref[2], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast[0], ref[0], rtol=1e-3, atol=1e-4)
+    assert np.linalg.norm(fast[0]) > 0 and np.isfinite(fast[2][:, 0]).all()
 
 
-# Bad input: each a clear error, and the model is left as it was.
+def test_memit_style_search_reads_the_nll_from_an_earlier_layer(tiny_lm):
+    lm = tiny_lm("llama")
+    hp = RomeHparams(layer=0, context_templates=("{}", "a new {}"), v_num_grad_steps=4)
+    req = Request("{} is located in the city of", "the eiffel tower", "rome")
+    ids = target_ids(lm, req)
+    at_1 = search(lm, req, hp.context_templates, ids, 0, hp, site="resid", nll_layer=1)
+    ref = search(lm, req, hp.context_templates, ids, 0, hp, site="resid", nll_layer=1, fast=False)
+    last = search(lm, req, hp.context_templates, ids, 0, hp, site="resid")
+    np.testing.assert_allclose(at_1[2], ref[2], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(at_1[2][:, 1], last[2][:, 1])  # another layer's NLL is another number
+
+
+# Where the key is read: the subject's placeholder, not the first place the subject's words appear.
+
+
+def test_the_fact_token_is_found_at_the_placeholder(tiny_lm):
+    tok = tiny_lm("llama").tokenizer
+    assert fact_index(tok, "the eiffel tower is big and {} is located in", "the eiffel tower", "subject_last") == 8
+    assert fact_index(tok, "the eiffel tower is big and {} is located in", "the eiffel tower", "subject_first") == 6
+    assert fact_index(tok, "{} is located in", "the eiffel tower", "last") == 5
+    lm = tiny_lm("llama")
+    req = Request("{} is located in", "the eiffel tower", "rome")
+    batch = v_batch(lm, req, ("{}", "the eiffel tower is big and {}"), target_ids(lm, req), "subject_last")
+    width = batch.ids.shape[1]
+    lengths = batch.mask.sum(axis=1)
+    assert list(batch.fact_cols - (width - lengths)) == [2, 8, 2]  # the last row is the KL prompt "{} is a"
+
+
+# Context templates as the originals make them.
+
+
+def test_rome_templates_are_sampled_from_the_start_token_with_the_originals_length(smollm2):
+    assert start_text(smollm2.tokenizer) == "<|endoftext|>"  # one token in SmolLM2's vocabulary, as in GPT-2
+    rows = sample_to_length(smollm2, ["<|endoftext|>"] * 3, 5, seed=0)
+    assert all(len(r) == 5 and r[0] == 0 for r in rows)  # the start token counts toward the length
+    templates = rome_templates(smollm2, ((5, 3), (10, 2)), seed=0)
+    assert len(templates) == 6 and templates[0] == "{}"
+    assert all(t.endswith(". {}") and t.count("{") == 1 and "<|" not in t for t in templates[1:])
+    assert rome_templates(smollm2, ((5, 3), (10, 2)), seed=0) is templates  # cached per model
+    assert rome_templates(smollm2, ((5, 3), (10, 2)), seed=1) != templates  # seeded
+
+
+def test_memit_keys_average_within_each_group_then_over_groups(tiny_lm):
+    lm = tiny_lm("llama")
+    req = Request("{} is located in", "the eiffel tower", "rome")
+    groups = template_groups(("{}", "a new {}", "the old {}", "big {}"))
+    assert groups == (("{}",), ("a new {}", "the old {}", "big {}"))
+    keys = template_keys(lm, req, ("{}", "a new {}", "the old {}", "big {}"), 1, "subject_last")
+    np.testing.assert_allclose(grouped_key(lm, req, groups, 1, "subject_last"), (keys[0] + keys[1:].mean(0)) / 2)
+
+
+# Bad input: each a clear error before any work, and the model is left as it was.
 
 
 @pytest.mark.parametrize(
     ("request_", "hp", "message"),
     [
-        (
-            EIFFEL | {"prompt": "The Eiffel Tower is in Paris", "subject": "The Louvre"},
-            {},
-            "'The Louvre' is not in the",
-        ),
+        (EIFFEL | {"prompt": "The Eiffel Tower is in Paris", "subject": "The Louvre"}, {}, "'The Louvre' is not in"),
         (EIFFEL | {"prompt": "{} is as tall as {}"}, {}, "must contain '{}' exactly once"),
-        (EIFFEL | {"target_new": ""}, {}, "the target is empty"),
+        (EIFFEL | {"target_new": ""}, {}, "the target '' is empty"),
+        (EIFFEL | {"target_new": "   "}, {}, "the target '   ' is empty"),
         (EIFFEL, {"layer": 30}, "layer 30 is out of range: this model has layers 0..29"),
-        (EIFFEL, {"context_templates": ["no placeholder"]}, "every context template needs a '{}'"),
+        (EIFFEL, {"context_templates": ["no placeholder"]}, "every context template needs one '{}'"),
         ({"prompt": "{} is in", "subject": "x"}, {}, "no 'target_new'"),
     ],
 )
-def test_bad_requests(smollm2, stats, request_, hp, message):
-    before = np.asarray(smollm2.params["blocks"]["mlp"]["down"]["kernel"][4]).copy()
+def test_bad_requests(smollm2, request_, hp, message):
+    before = np.asarray(down_kernel(smollm2.params)[4]).copy()
     with pytest.raises(ValueError, match=message):
-        edit(smollm2, request_, hp | {"context_templates": hp.get("context_templates", TEMPLATES)}, stats=stats)
-    np.testing.assert_array_equal(np.asarray(smollm2.params["blocks"]["mlp"]["down"]["kernel"][4]), before)
+        edit(smollm2, request_, {"context_templates": TEMPLATES} | hp, stats=np.eye(1536))
+    np.testing.assert_array_equal(np.asarray(down_kernel(smollm2.params)[4]), before)
 
 
-def test_non_finite_statistics(smollm2):
+def test_non_finite_or_singular_statistics(smollm2):
     c = np.eye(1536)
     c[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         edit(smollm2, EIFFEL, {"context_templates": TEMPLATES}, stats=c)
     with pytest.raises(ValueError, match="singular"):
         edit(smollm2, EIFFEL, {"context_templates": TEMPLATES}, stats=np.zeros((1536, 1536)))
-
-
-def test_a_target_that_tokenises_to_nothing(tiny_lm):
-    lm = tiny_lm("llama")
-    with pytest.raises(ValueError, match="tokenises to nothing"):
-        edit(lm, {"prompt": "{} is in", "subject": "the eiffel tower", "target_new": "  "}, {"layer": 1}, stats=None)
+    with pytest.raises(ValueError, match=r"shape \(4, 4\); this layer's keys need \(1536, 1536\)"):
+        edit(smollm2, EIFFEL, {"context_templates": TEMPLATES}, stats=np.eye(4))
 
 
 def test_a_model_without_a_preset_needs_a_layer(tiny_lm):
     with pytest.raises(ValueError, match="no ROME layer for .*pass hparams=\\{'layer': N\\}"):
         edit(tiny_lm("llama"), {"prompt": "{} is in", "subject": "the eiffel tower", "target_new": "rome"})
+
+
+def test_a_prompt_with_the_subject_written_out_is_the_same_request():
+    assert Request.parse(EIFFEL | {"prompt": "The Eiffel Tower is located in the city of"}) == Request.parse(EIFFEL)

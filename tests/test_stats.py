@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import data_file
 
 import jrome
 import jrome.editing.stats as stats_module
-from jrome.editing import key_statistics
+from jrome.editing import edit, key_statistics, read_layer_stats
+from jrome.editing.stats import layer_stats_name
 
 CORPUS = "the eiffel tower is located in paris\nthe big old museum and the river\n" * 40
 
@@ -38,6 +40,51 @@ def test_statistics_equal_a_direct_computation_for_several_layers_in_one_pass(ti
         c = result[layer].covariance
         np.testing.assert_allclose(c, c.T)
         assert np.all(np.linalg.eigvalsh(c) > -1e-9)
+
+
+def test_sample_mode_counts_every_real_token_of_each_record_once(tiny_lm, tmp_path):
+    lm = tiny_lm("llama")
+    records = ["the eiffel tower is located in paris", "a big old museum", "the river and the bridge " * 20, "rome"]
+    corpus = tmp_path / "records.txt"
+    corpus.write_text("\n\n".join(records) + "\n")
+    result = key_statistics(lm, [0, 2], corpus, n_samples=10, batch_size=2, window=64, cache=False, progress=False)
+    rows = [lm.tokenizer(r)["input_ids"][: lm.config.max_positions] for r in records]
+    assert result[0].count == sum(map(len, rows)) == 7 + 4 + 64 + 1  # the long record is cut at the context
+    for layer in (0, 2):
+        ref = sum(direct(lm, layer, np.asarray([r])) for r in rows)  # each record alone: no padding at all
+        np.testing.assert_allclose(result[layer].mom2, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    two = key_statistics(lm, 0, corpus, n_samples=2, cache=False, progress=False)[0]
+    chosen = sorted(np.random.RandomState(1).permutation(4)[:2])  # a random subset, seed 1, as the original
+    assert two.count == sum(len(rows[i]) for i in chosen)
+
+
+def test_token_mode_reproduces_the_statistics_given_to_the_original(smollm2, golden_rome):
+    """The golden C: 39,936 tokens of WikiText-2's validation text as one stream, 64-token windows."""
+    stats = key_statistics(smollm2, 4, data_file("wikitext-2/valid.txt"), n_tokens=39_936, window=64, cache=False)
+    c = golden_rome["arrays"]["C"]
+    assert stats[4].count == 39_936
+    assert np.linalg.norm(stats[4].covariance - c) / np.linalg.norm(c) < 1e-5
+
+
+def test_the_originals_statistics_files_are_read_and_used(smollm2, tmp_path, golden_rome, golden_hparams):
+    c = golden_rome["arrays"]["C"].astype(np.float64)
+    name = layer_stats_name("llama", 4)
+    assert name == "model.layers.4.mlp.down_proj_float32_mom2_100000.npz"
+    assert layer_stats_name("gpt2", 17) == "transformer.h.17.mlp.c_proj_float32_mom2_100000.npz"
+    path = tmp_path / name  # the original's layout: CombinedStat(mom2=SecondMoment()).state_dict() + sample_size
+    np.savez(
+        path, **{"mom2.mom2": c * 5000, "mom2.count": 5000, "mom2.constructor": "SecondMoment()", "sample_size": 100000}
+    )
+    stats = read_layer_stats(path)
+    assert stats.layer == 4 and stats.count == 5000
+    np.testing.assert_allclose(stats.covariance, c, rtol=1e-12)
+    _, from_file = edit(smollm2, golden_rome["request"], golden_hparams.override(v_num_grad_steps=1), stats=path)
+    _, from_array = edit(smollm2, golden_rome["request"], golden_hparams.override(v_num_grad_steps=1), stats=c)
+    np.testing.assert_allclose(from_file.edits[0].u_hat, from_array.edits[0].u_hat, rtol=1e-9)
+    bad = tmp_path / "transformer.h.1.mlp.c_proj_float32_mom2_100000.npz"
+    np.savez(bad, mom2=c)
+    with pytest.raises(ValueError, match="is not a layer_stats file"):
+        read_layer_stats(bad)
 
 
 def test_results_are_cached_and_reused(tiny_lm, corpus, monkeypatch):
@@ -72,5 +119,7 @@ def test_bad_arguments(tiny_lm, corpus, tmp_path):
         key_statistics(lm, [1, 3], corpus, progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         key_statistics(lm, 1, tmp_path / "nothing.txt", progress=False)
-    with pytest.raises(ValueError, match="n_tokens must be positive"):
+    with pytest.raises(ValueError, match="n_tokens \\(0\\) and n_samples \\(None\\) must be positive"):
         key_statistics(lm, 1, corpus, n_tokens=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="no statistics file"):
+        read_layer_stats(tmp_path / "missing.npz")

@@ -1,4 +1,6 @@
-"""ROME hyperparameters: JSON presets shipped in the package (per model, and per family), overridable per call."""
+"""ROME and MEMIT hyperparameters: JSON presets shipped in the package (per model, and per family), overridable
+per call. A preset's "source" entry says where its values come from (the original's hparams file, or how they
+were chosen); it is documentation and not a field."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 from importlib import resources
 from typing import Any
 
-FACT_TOKENS = ("subject_last", "subject_first", "last")
+from ..tokens import FACT_TOKENS
 
 
 def _fields_from_dict(cls: type, d: dict[str, Any], method: str) -> dict[str, Any]:
@@ -34,13 +36,14 @@ class RomeHparams:
     fact_token: str = "subject_last"  # where the key is read and v* is injected
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
-    v_loss_layer: int | None = None  # None: the last layer (the loss is always on the model's own logits)
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
+    v_loss_layer: int | None = None  # kept from the original's files; its ROME reads the loss from the logits anyway
+    v_weight_decay: float = 0.5  # times |δ| / |v_init|²
+    clamp_norm_factor: float = 4.0  # |δ| <= this times |v_init|
     kl_factor: float = 0.0625
     mom2_adjustment: bool = True  # use C^-1 k (False: k itself, i.e. C = I)
     mom2_corpus: str = "wikitext-2"
-    mom2_n_tokens: int = 100_000
+    mom2_n_tokens: int = 100_000  # key statistics over this many tokens (one stream cut into windows) ...
+    mom2_n_samples: int | None = None  # ... or, when set, over this many corpus records (the original's mode)
     mom2_regularize: float = 0.0  # add this times mean(diag C) to C's diagonal
     context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))  # (tokens, how many)
     context_templates: tuple[str, ...] | None = None  # explicit templates ("... {}") instead of generated ones
@@ -51,15 +54,14 @@ class RomeHparams:
             raise ValueError(f"fact_token={self.fact_token!r}; accepted: {', '.join(FACT_TOKENS)}")
         if self.v_num_grad_steps < 1:
             raise ValueError(f"v_num_grad_steps must be at least 1, got {self.v_num_grad_steps}")
-        if self.context_templates is not None:
-            bad = [t for t in self.context_templates if "{}" not in t]
-            if bad or not self.context_templates:
-                raise ValueError(f"every context template needs a '{{}}' where the prompt goes; got {bad or '[]'}")
-        if self.mom2_n_tokens < 1 or self.mom2_regularize < 0:
-            raise ValueError("mom2_n_tokens must be positive and mom2_regularize non-negative")
+        _check_templates(self.context_templates)
+        _check_stats_size(self)
+        if self.mom2_regularize < 0:
+            raise ValueError(f"mom2_regularize must be non-negative, got {self.mom2_regularize}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RomeHparams:
+        """From a dict of fields (unknown names are an error; lists become tuples)."""
         return cls(**_fields_from_dict(cls, d, "ROME"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,24 +80,34 @@ class MemitHparams:
     fact_token: str = "subject_last"
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
-    v_loss_layer: int | None = None
+    v_loss_layer: int | None = None  # the NLL is read from this layer's residual (None: the last layer)
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625
     mom2_corpus: str = "wikitext-2"
     mom2_n_tokens: int = 100_000
+    mom2_n_samples: int | None = None
     mom2_update_weight: float = 15_000.0  # weight of the corpus statistics against the new keys
-    context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
-    context_templates: tuple[str, ...] | None = None
+    context_templates: tuple[str, ...] | None = None  # explicit templates: "{}" is one group, the rest another
 
     def __post_init__(self) -> None:
+        if self.fact_token not in ("subject_last", "subject_first"):
+            raise ValueError(
+                f"fact_token={self.fact_token!r}; MEMIT accepts subject_last or subject_first (the original's 'last' "
+                "is unimplemented there)"
+            )
         if self.layers is not None and (not self.layers or list(self.layers) != sorted(set(self.layers))):
             raise ValueError(f"MEMIT layers must be distinct and increasing, got {self.layers}")
         if self.mom2_update_weight <= 0:
             raise ValueError(f"mom2_update_weight must be positive, got {self.mom2_update_weight}")
+        if self.v_num_grad_steps < 1:
+            raise ValueError(f"v_num_grad_steps must be at least 1, got {self.v_num_grad_steps}")
+        _check_templates(self.context_templates)
+        _check_stats_size(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemitHparams:
+        """From a dict of fields (unknown names are an error; lists become tuples)."""
         return cls(**_fields_from_dict(cls, d, "MEMIT"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,10 +116,20 @@ class MemitHparams:
     def override(self, **changes: Any) -> MemitHparams:
         return MemitHparams.from_dict(self.to_dict() | changes)
 
-    def search(self) -> RomeHparams:
-        """The v* search settings, as ROME's hyperparameters at the last layer."""
-        fields = {f.name for f in dataclasses.fields(RomeHparams)} & {f.name for f in dataclasses.fields(self)}
-        return RomeHparams.from_dict({k: getattr(self, k) for k in fields} | {"layer": self.layers[-1]})
+
+def _check_templates(templates: tuple[str, ...] | None) -> None:
+    if templates is None:
+        return
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if bad or not templates:
+        raise ValueError(f"every context template needs one '{{}}' where the prompt goes; got {bad or '[]'}")
+
+
+def _check_stats_size(hp: Any) -> None:
+    if hp.mom2_n_tokens < 1 or (hp.mom2_n_samples is not None and hp.mom2_n_samples < 1):
+        raise ValueError(
+            f"mom2_n_tokens ({hp.mom2_n_tokens}) and mom2_n_samples ({hp.mom2_n_samples}) must be positive counts"
+        )
 
 
 METHOD_HPARAMS = {"rome": RomeHparams, "memit": MemitHparams}
@@ -126,7 +148,9 @@ def load_preset(name: str, method: str = "rome") -> Any:
     path = resources.files("jrome").joinpath(f"hparams/{method}/{name}.json")
     if not path.is_file():
         raise ValueError(f"no {method.upper()} preset {name!r}; presets: {', '.join(presets(method))}")
-    return METHOD_HPARAMS[method].from_dict(json.loads(path.read_text()))
+    fields = json.loads(path.read_text())
+    fields.pop("source", None)
+    return METHOD_HPARAMS[method].from_dict(fields)
 
 
 def hparams_for(model_name: str, family: str, method: str = "rome") -> Any:

@@ -1,14 +1,15 @@
 """MEMIT (Meng et al., *Mass-Editing Memory in a Transformer*, 2023): many facts at once, over several layers.
 
-For each fact, ROME's v* search (on the residual) finds the hidden state z at the last of the edited layers
-that makes the model say the new object. Then, layer by layer from the lowest, the remaining change
+For each fact, the v* search (on the residual, `vsearch`) finds the hidden state z at the last of the edited
+layers that makes the model say the new object. Then, layer by layer from the lowest, the remaining change
 z − h is spread over the layers left, and each layer's MLP output projection gets the least-squares update
 that maps the facts' keys K to their share R while disturbing the corpus keys as little as possible:
 
     ΔW = (λ C + K Kᵀ)⁻¹ K Rᵀ        (C = E[k kᵀ] over a corpus, λ = mom2_update_weight)
 
-Keys and current states are recomputed after each layer's update, since the update changes what the layers
-above see. Like ROME, the edit is a pure function of the parameters and comes with an exact Undo.
+Keys are averaged within each context-template group and then over the groups (the original's
+`compute_ks`); keys and current states are recomputed after each layer's update, since the update changes
+what the layers above see. Like ROME, the edit is a pure function of the parameters and has an exact Undo.
 """
 
 from __future__ import annotations
@@ -16,41 +17,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ..interventions import Interventions
-from ..models.config import ModelConfig
-from ..models.forward import forward_tokens
 from ..models.lm import LM
-from ..tokens import encode, subject_range
 from .hparams import MemitHparams, hparams_for
-from .rome import Request, Undo, _with_kernel, context_templates, optimise_v, parse_requests, template_keys, v_batch
+from .keys import grouped_key, read_at_fact
+from .requests import Request, parse_requests
 from .stats import KeyStats, key_statistics
-
-
-@partial(jax.jit, static_argnums=(0, 4))
-def _resid_at(
-    cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, layer: int, cols: jax.Array
-) -> jax.Array:
-    """[B, D]: the residual after `layer` at one column per row."""
-    out = forward_tokens(cfg, params, ids, mask, Interventions(capture=("resid",)), cols[:, None])
-    return out.captured["resid"][layer][jnp.arange(ids.shape[0]), cols]
-
-
-def current_states(lm: LM, reqs: Sequence[Request], layer: int, fact_token: str) -> np.ndarray:
-    """[N, D]: each request's residual after `layer` at its fact token, in the bare prompt."""
-    texts = [r.text for r in reqs]
-    ids, mask = encode(lm.tokenizer, texts, multiple_of=8)
-    cols = []
-    for i, (text, req) in enumerate(zip(texts, reqs, strict=True)):
-        start, end = subject_range(lm.tokenizer, text, req.subject)
-        n = int(mask[i].sum())
-        cols.append(ids.shape[1] - n + {"subject_last": end - 1, "subject_first": start, "last": n - 1}[fact_token])
-    return np.asarray(_resid_at(lm.config, lm.params, ids, mask, layer, jnp.asarray(cols)), np.float64)
+from .templates import memit_templates, template_groups
+from .undo import Undo, add_to_layer, down_kernel, with_down_kernel
+from .vsearch import search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +40,13 @@ class MemitUpdate:
     delta: np.ndarray  # [F, D] added to the layer's output kernel
     keys: np.ndarray  # [N, F] template-averaged keys at this layer when it was updated
     targets: np.ndarray  # [N, D] the residual targets z at the last edited layer
-    losses: np.ndarray  # [N, steps] the v* objective of each fact
+    losses: np.ndarray | None  # [N, steps, 4] the v* objective of each fact (total, nll, kl, weight decay)
     old_kernel: jax.Array
-    seconds: float
+    seconds: float  # since the first layer's update began
 
 
-def _resolve(lm: LM, hparams: MemitHparams | dict | None) -> MemitHparams:
+def resolve_hparams(lm: LM, hparams: MemitHparams | dict | None) -> MemitHparams:
+    """The hyperparameters of a MEMIT edit: given, or this model's preset with the given overrides; checked."""
     if isinstance(hparams, MemitHparams):
         hp = hparams
     else:
@@ -82,7 +61,60 @@ def _resolve(lm: LM, hparams: MemitHparams | dict | None) -> MemitHparams:
     bad = [layer for layer in hp.layers if not 0 <= layer < lm.config.n_layers]
     if bad:
         raise ValueError(f"layers {bad} are out of range: this model has layers 0..{lm.config.n_layers - 1}")
+    if hp.v_loss_layer is not None and not hp.layers[-1] <= hp.v_loss_layer < lm.config.n_layers:
+        raise ValueError(f"v_loss_layer {hp.v_loss_layer} must lie in [{hp.layers[-1]}, {lm.config.n_layers - 1}]")
     return hp
+
+
+def context_groups(lm: LM, hp: MemitHparams, seed: int = 0) -> tuple[tuple[str, ...], ...]:
+    """MEMIT's template groups: from the explicit templates in hp, else generated (cached per model)."""
+    return template_groups(hp.context_templates) if hp.context_templates else memit_templates(lm, seed)
+
+
+def targets(
+    lm: LM,
+    reqs: Sequence[Request],
+    target_ids: Sequence[Sequence[int]],
+    hp: MemitHparams,
+    groups: Sequence[Sequence[str]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Phase one: each fact's residual target z at the last edited layer, by the v* search on the residual
+    over every template: (z [N, D] float64, losses [N, steps, 4])."""
+    flat = tuple(t for g in groups for t in g)
+    nll_layer = None if hp.v_loss_layer in (None, lm.config.n_layers - 1) else hp.v_loss_layer
+    zs, losses = [], []
+    for req, ids in zip(reqs, target_ids, strict=True):
+        delta, z_init, loss = search(lm, req, flat, ids, hp.layers[-1], hp, site="resid", nll_layer=nll_layer)
+        zs.append(z_init + delta)
+        losses.append(loss)
+    return np.stack(zs), np.stack(losses)
+
+
+def spread(
+    lm: LM,
+    reqs: Sequence[Request],
+    z: np.ndarray,
+    hp: MemitHparams,
+    stats: dict[int, KeyStats],
+    groups: Sequence[Sequence[str]],
+    losses: np.ndarray | None = None,
+) -> tuple[LM, Undo]:
+    """Phase two: write the targets z into the layers, lowest first, each taking its share of what is left."""
+    start = time.perf_counter()
+    current, edits = lm, []
+    prompts, subjects = [r.prompt for r in reqs], [r.subject for r in reqs]
+    for i, layer in enumerate(hp.layers):
+        keys = np.stack([grouped_key(current, r, groups, layer, hp.fact_token) for r in reqs])
+        now = read_at_fact(current, prompts, subjects, hp.layers[-1], hp.fact_token, site="resid")
+        share = (z - now) / (len(hp.layers) - i)
+        c = stats[layer].covariance
+        delta_w = np.linalg.solve(hp.mom2_update_weight * c + keys.T @ keys, keys.T) @ share  # [F, D]
+        old = down_kernel(current.params)[layer]
+        kernel = add_to_layer(down_kernel(current.params), layer, delta_w)
+        current = current.replace(params=with_down_kernel(current.params, kernel))
+        seconds = time.perf_counter() - start
+        edits.append(MemitUpdate(layer, tuple(reqs), delta_w, keys, z, losses, old, seconds))
+    return current, Undo(tuple(edits))
 
 
 def edit(
@@ -97,41 +129,16 @@ def edit(
 
     stats: {layer: KeyStats} for every edited layer (default: computed in one pass and cached on disk).
     """
-    reqs, targets = parse_requests(lm, requests, "MEMIT")
-    hp = _resolve(lm, hparams)
+    reqs, target_ids = parse_requests(lm, requests, "MEMIT")
+    hp = resolve_hparams(lm, hparams)
     subjects = [r.subject for r in reqs]
     if len(set(subjects)) < len(subjects):
         raise ValueError("MEMIT edits each subject once per batch; these requests repeat a subject")
     if stats is None:
-        stats = key_statistics(lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, progress=False)
+        stats = key_statistics(lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)
     missing = [layer for layer in hp.layers if layer not in stats]
     if missing:
         raise ValueError(f"stats has no statistics for layers {missing}")
-    start = time.perf_counter()
-    search = hp.search()
-    templates = context_templates(lm, search, seed)
-    z_layer = hp.layers[-1]
-    zs, losses = [], []
-    for req, target_ids in zip(reqs, targets, strict=True):
-        b = v_batch(lm, req, templates, target_ids, hp.fact_token)
-        delta, z_init, loss = optimise_v(
-            lm.config, lm.params, b.ids, b.mask, b.fact_cols, b.out_cols, b.target_ids, b.rows,
-            layer=z_layer, hp=search, n_rewrite=b.n_rewrite, site="resid",
-        )  # fmt: skip
-        zs.append(np.asarray(z_init, np.float64) + np.asarray(delta, np.float64))
-        losses.append(np.asarray(loss))
-    z = np.stack(zs)
-    current, edits = lm, []
-    for i, layer in enumerate(hp.layers):
-        keys = np.stack([template_keys(current, r, templates, layer, hp.fact_token).mean(axis=0) for r in reqs])
-        share = (z - current_states(current, reqs, z_layer, hp.fact_token)) / (len(hp.layers) - i)
-        c = stats[layer].covariance
-        delta_w = np.linalg.solve(hp.mom2_update_weight * c + keys.T @ keys, keys.T) @ share  # [F, D]
-        down = current.params["blocks"]["mlp"]["down"]
-        old = down["kernel"][layer]
-        kernel = down["kernel"].at[layer].add(jnp.asarray(delta_w, down["kernel"].dtype))
-        current = current.replace(params=_with_kernel(current.params, kernel))
-        edits.append(
-            MemitUpdate(layer, tuple(reqs), delta_w, keys, z, np.stack(losses), old, time.perf_counter() - start)
-        )
-    return current, Undo(tuple(edits))
+    groups = context_groups(lm, hp, seed)
+    z, losses = targets(lm, reqs, target_ids, hp, groups)
+    return spread(lm, reqs, z, hp, stats, groups, losses)

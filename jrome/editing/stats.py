@@ -1,9 +1,13 @@
 """Key statistics: C = E[k kᵀ] of the input to an MLP's output projection, over a text corpus.
 
-The corpus is tokenised into one stream and cut into fixed-length windows (no padding), run through the
-layers up to the deepest one asked for, in batches inside jit; second moments are summed in float32 per
-batch and accumulated across batches in float64. Results are cached on disk, keyed by the model's relevant
-weights, the layer, the corpus and the token count.
+Two ways to read the corpus. By tokens (the default): the corpus text is tokenised into one stream and cut into
+fixed-length windows, no padding. By samples (the original's `layer_stats`): `n_samples` records of the
+corpus (a record is a paragraph, one line of a text file), chosen at random with seed 1 when there are more,
+each truncated to the model's context, padded in batches whose padding is masked out. Either way the layers
+up to the deepest one asked for run in batches inside jit; second moments are summed in float32 per batch
+and across batches in float64. Results are cached on disk, keyed by the model's relevant weights, the layer,
+the corpus and the size. `read_layer_stats` reads the original's own statistics files (published for GPT-2 XL
+and GPT-J), so those users get the paper's exact C.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import dataclasses
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +30,9 @@ from ..io import atomic_write_bytes
 from ..models.config import ModelConfig
 from ..models.forward import embed, rope_tables, run_layers
 from ..models.lm import LM
+from ..tokens import padded_width
+
+FORMAT = 2  # bumped when the way a corpus is read changes, so older cached statistics are not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +55,28 @@ class KeyStats:
         if regularize not in self._factors:
             self._factors[regularize] = cholesky(self.covariance, regularize)
         return self._factors[regularize]
+
+
+class KeySolver:
+    """Solves C u = k with a float64 Cholesky factor of the key statistics (cached on a KeyStats).
+
+    C = I when stats is None (no second-moment adjustment). A non-finite, mis-shaped or singular C is an
+    error that says what to do; `regularize` adds that multiple of mean(diag C) to the diagonal first.
+    """
+
+    def __init__(self, stats: KeyStats | np.ndarray | None, size: int, regularize: float = 0.0) -> None:
+        self.factor = None
+        if stats is None:
+            return
+        shape = stats.mom2.shape if isinstance(stats, KeyStats) else np.shape(stats)
+        if shape != (size, size):
+            raise ValueError(f"key statistics have shape {shape}; this layer's keys need {(size, size)}")
+        self.factor = stats.factor(regularize) if isinstance(stats, KeyStats) else cholesky(stats, regularize)
+
+    def __call__(self, k: np.ndarray) -> np.ndarray:
+        if self.factor is None:
+            return np.asarray(k, np.float64)
+        return np.linalg.solve(self.factor.T, np.linalg.solve(self.factor, k))
 
 
 def cholesky(c: np.ndarray, regularize: float = 0.0) -> np.ndarray:
@@ -107,16 +137,20 @@ def corpus_files(corpus: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 
 
 def corpus_windows(tokenizer, files: Sequence[Path], n_tokens: int, window: int) -> np.ndarray:
-    """[n, window] token ids: the files' paragraphs tokenised into one stream, cut into full windows."""
+    """[n, window] token ids: the files' text, newlines included, tokenised as one stream and cut into full windows.
+
+    Text is tokenised in pieces of about a million characters cut at line ends, and only until enough tokens are
+    read."""
     stream: list[int] = []
     need = -(-n_tokens // window) * window
     for path in files:
-        paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n") if p.strip()]
-        for start in range(0, len(paragraphs), 256):
-            for ids in tokenizer(paragraphs[start : start + 256], add_special_tokens=False)["input_ids"]:
-                stream.extend(ids)
-            if len(stream) >= need:
-                break
+        text = path.read_text(encoding="utf-8")
+        at = 0
+        while at < len(text) and len(stream) < need:
+            end = text.find("\n", at + 1_000_000)
+            end = len(text) if end < 0 else end + 1
+            stream.extend(tokenizer(text[at:end], add_special_tokens=False)["input_ids"])
+            at = end
         if len(stream) >= need:
             break
     n = min(len(stream), need) // window
@@ -125,9 +159,42 @@ def corpus_windows(tokenizer, files: Sequence[Path], n_tokens: int, window: int)
     return np.asarray(stream[: n * window], np.int32).reshape(n, window)
 
 
-@partial(jax.jit, static_argnums=(0, 3))
-def _moments(cfg: ModelConfig, params: dict, ids: jax.Array, layers: tuple[int, ...]) -> jax.Array:
-    """[len(layers), F, F]: Σ k kᵀ over every token of the batch, at each requested layer (float32)."""
+def corpus_records(files: Sequence[Path], n_samples: int, seed: int = 1) -> list[str]:
+    """The corpus's records (non-empty lines), all of them or a random `n_samples` (seed 1, as the original's
+    sampler; PyTorch draws another subset)."""
+    records = [line.strip() for path in files for line in path.read_text(encoding="utf-8").split("\n")]
+    records = [r for r in records if r]
+    if n_samples < len(records):
+        chosen = np.random.RandomState(seed).permutation(len(records))[:n_samples]
+        records = [records[i] for i in sorted(chosen)]
+    return records
+
+
+def record_batches(
+    tokenizer, records: Sequence[str], max_len: int, batch_tokens: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, mask) [B, W]: records tokenised and truncated to max_len, sorted by length and right-padded to W, a
+    multiple of 64 (so few shapes compile), with B·W at most batch_tokens (or one record)."""
+    rows = [ids[:max_len] for ids in tokenizer(list(records), add_special_tokens=True)["input_ids"] if ids]
+    rows.sort(key=len, reverse=True)
+    i = 0
+    while i < len(rows):
+        width = min(padded_width(len(rows[i]), 64), padded_width(max_len, 64))
+        count = max(1, batch_tokens // width)
+        chunk = rows[i : i + count]
+        ids = np.zeros((len(chunk), width), np.int32)
+        mask = np.zeros((len(chunk), width), np.int32)
+        for j, r in enumerate(chunk):
+            ids[j, : len(r)], mask[j, : len(r)] = r, 1
+        yield ids, mask
+        i += len(chunk)
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def _moments(cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, layers: tuple[int, ...]) -> jax.Array:
+    """[len(layers), F, F]: Σ k kᵀ over the batch's real tokens (mask 1), at each requested layer (float32).
+
+    Rows are right-padded, so positions count from 0 and padding, which comes last, changes no real token."""
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     h = embed(cfg, params, ids, positions)
     causal = jnp.tril(jnp.ones((ids.shape[1],) * 2, bool))[None]
@@ -135,7 +202,7 @@ def _moments(cfg: ModelConfig, params: dict, ids: jax.Array, layers: tuple[int, 
         cfg, params["blocks"], h, cols=jnp.arange(ids.shape[1]), rope=rope_tables(cfg, positions), self_mask=causal,
         iv=Interventions(capture=("mlp_key",)), stop=max(layers) + 1,
     )  # fmt: skip
-    keys = acts["mlp_key"][jnp.asarray(layers)].astype(jnp.float32)
+    keys = acts["mlp_key"][jnp.asarray(layers)].astype(jnp.float32) * mask[None, ..., None].astype(jnp.float32)
     keys = keys.reshape(len(layers), -1, keys.shape[-1])
     return jnp.einsum("lnf,lng->lfg", keys, keys, precision="highest")
 
@@ -170,27 +237,30 @@ def key_statistics(
     corpus: str | os.PathLike | Sequence[str | os.PathLike] = "wikitext-2",
     n_tokens: int = 100_000,
     *,
+    n_samples: int | None = None,
     window: int = 128,
     batch_size: int = 16,
     cache: bool = True,
     progress: bool = True,
 ) -> dict[int, KeyStats]:
-    """Second moments of the MLP keys at each layer over n_tokens of the corpus (fewer if it is shorter).
+    """Second moments of the MLP keys at each layer over n_tokens of the corpus (fewer if it is shorter), or,
+    with n_samples, over that many records of it (the original's mode; all records if there are fewer).
 
     All layers come from one pass over the corpus. With `cache`, results are read from and written to
-    cache_dir()/stats, keyed by the relevant weights, layer, corpus and token count.
+    cache_dir()/stats, keyed by the relevant weights, layer, corpus and size.
     """
     layers = sorted({layers} if isinstance(layers, int) else set(layers))
     bad = [layer for layer in layers if not 0 <= layer < lm.config.n_layers]
     if bad or not layers:
         raise ValueError(f"layers {bad or layers} out of range: this model has layers 0..{lm.config.n_layers - 1}")
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    if n_tokens < 1 or (n_samples is not None and n_samples < 1):
+        raise ValueError(f"n_tokens ({n_tokens}) and n_samples ({n_samples}) must be positive counts")
     if lm.tokenizer is None:
         raise ValueError("key statistics need a tokenizer to read the corpus")
     files = corpus_files(corpus)
     window = min(window, lm.config.max_positions)
-    tag = f"{_corpus_id(files)}-{n_tokens}-{window}"
+    size = f"s{n_samples}-{lm.config.max_positions}" if n_samples is not None else f"{n_tokens}-{window}"
+    tag = f"{_corpus_id(files)}-{size}-v{FORMAT}"
     paths = {layer: cache_dir() / "stats" / f"{_fingerprint(lm, layer)}-L{layer}-{tag}.npz" for layer in layers}
     out: dict[int, KeyStats] = {}
     if cache:
@@ -201,18 +271,64 @@ def key_statistics(
     todo = tuple(layer for layer in layers if layer not in out)
     if not todo:
         return out
-    windows = corpus_windows(lm.tokenizer, files, n_tokens, window)
+    if n_samples is None:
+        windows = corpus_windows(lm.tokenizer, files, n_tokens, window)
+        batches = [(windows[i : i + batch_size], np.ones_like(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]  # fmt: skip
+    else:
+        records = corpus_records(files, n_samples)
+        batches = list(record_batches(lm.tokenizer, records, lm.config.max_positions, batch_size * window))
     from tqdm.auto import tqdm
 
     total = np.zeros((len(todo), lm.config.d_mlp, lm.config.d_mlp))
-    for start in tqdm(range(0, len(windows), batch_size), desc="key statistics", disable=not progress):
-        total += np.asarray(_moments(lm.config, lm.params, windows[start : start + batch_size], todo), np.float64)
+    count = 0
+    for ids, mask in tqdm(batches, desc="key statistics", disable=not progress):
+        total += np.asarray(_moments(lm.config, lm.params, ids, mask, todo), np.float64)
+        count += int(mask.sum())
     corpus_name = corpus if isinstance(corpus, str) else ",".join(str(f) for f in files)
     for i, layer in enumerate(todo):
-        stats = KeyStats(layer, total[i], int(windows.size), corpus_name)
+        stats = KeyStats(layer, total[i], count, corpus_name)
         out[layer] = stats
         if cache:
             buf = io.BytesIO()
             np.savez(buf, mom2=stats.mom2, count=stats.count, corpus=stats.corpus)
             atomic_write_bytes(paths[layer], buf.getvalue())
     return out
+
+
+MODULE_NAMES = {
+    "gpt2": "transformer.h.{}.mlp.c_proj",
+    "gptj": "transformer.h.{}.mlp.fc_out",
+    "gpt_neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h",
+    "llama": "model.layers.{}.mlp.down_proj",
+}
+
+
+def layer_stats_name(family: str, layer: int, n_samples: int = 100_000, precision: str = "float32") -> str:
+    """The original's file name for a layer's statistics, e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz
+    (published under stats/<model>/wikipedia_stats/)."""
+    if family not in MODULE_NAMES:
+        raise ValueError(f"no module name for family {family!r}; known: {', '.join(MODULE_NAMES)}")
+    return f"{MODULE_NAMES[family].format(layer)}_{precision}_mom2_{n_samples}.npz"
+
+
+def read_layer_stats(path: str | os.PathLike, layer: int | None = None) -> KeyStats:
+    """Key statistics from a file in the original's layout (`layer_stats`'s cache: an .npz whose "mom2.mom2" is the
+    sum of k kᵀ and "mom2.count" the number of tokens). The layer is read from the file name unless given."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no statistics file {path}")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("mom2.mom2", "mom2.count") if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} is not a layer_stats file: it has {sorted(z.files)}, not {missing}")
+        mom2, count = np.asarray(z["mom2.mom2"], np.float64), int(z["mom2.count"])
+    if mom2.ndim != 2 or mom2.shape[0] != mom2.shape[1] or count < 1:
+        raise ValueError(
+            f"{path}: mom2 has shape {mom2.shape} and count {count}; expected a square matrix and count > 0"
+        )
+    if layer is None:
+        found = re.search(r"\.(\d+)\.mlp\.", path.name)
+        if found is None:
+            raise ValueError(f"cannot tell the layer from the file name {path.name}; pass layer=")
+        layer = int(found.group(1))
+    return KeyStats(layer, mom2, count, str(path))

@@ -1,0 +1,75 @@
+"""Edit requests: "(subject, relation) → new object", parsed and checked against a model before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from ..models.lm import LM
+from ..tokens import placeholder_span
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """Rewrite (subject, relation) → target: prompt holds "{}" where the subject goes (or the subject itself)."""
+
+    prompt: str
+    subject: str
+    target_new: str
+
+    @classmethod
+    def parse(cls, request: Request | dict[str, Any]) -> Request:
+        """A Request from itself or from a dict with prompt, subject and target_new (a string or {"str": ...})."""
+        if isinstance(request, Request):
+            return request
+        missing = [k for k in ("prompt", "subject", "target_new") if k not in request]
+        if missing:
+            raise ValueError(f"a request needs prompt, subject and target_new; this one has no {missing[0]!r}")
+        target = request["target_new"]
+        target = target["str"] if isinstance(target, dict) else target
+        prompt, subject = request["prompt"], request["subject"]
+        if "{}" not in prompt:  # the subject written out: make it the placeholder
+            if not subject.strip() or subject not in prompt:
+                raise ValueError(
+                    f"subject {subject!r} is not in the prompt {prompt!r}, and the prompt has no '{{}}' placeholder"
+                )
+            prompt = prompt.replace(subject, "{}", 1)
+        return cls(prompt=prompt, subject=subject, target_new=target)
+
+    @property
+    def text(self) -> str:
+        """The prompt with the subject written in."""
+        return self.prompt.replace("{}", self.subject)
+
+
+def target_ids(lm: LM, request: Request) -> list[int]:
+    """Check a request against the model before anything is computed; return the target's token ids.
+
+    As the original does, a target without a leading space gets one ("Rome" is scored as " Rome").
+    """
+    if request.prompt.count("{}") != 1:
+        raise ValueError(f"the prompt must contain '{{}}' exactly once where the subject goes; got {request.prompt!r}")
+    if not request.subject.strip():
+        raise ValueError("the subject is empty")
+    if not request.target_new.strip():
+        raise ValueError(f"the target {request.target_new!r} is empty; give the new object's words, e.g. 'Rome'")
+    placeholder_span(lm.tokenizer, request.prompt, request.subject)
+    target = request.target_new if request.target_new.startswith(" ") else " " + request.target_new
+    ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"the target {request.target_new!r} tokenises to nothing")
+    return ids
+
+
+def parse_requests(
+    lm: LM, requests: Request | dict | Sequence[Request | dict], method: str
+) -> tuple[list[Request], list[list[int]]]:
+    """One request or several, parsed and checked against the model: (requests, each target's token ids)."""
+    reqs = [requests] if isinstance(requests, Request | dict) else list(requests)
+    if not reqs:
+        raise ValueError("no requests to apply")
+    if lm.tokenizer is None:
+        raise ValueError(f"{method} needs the model's tokenizer")
+    reqs = [Request.parse(r) for r in reqs]
+    return reqs, [target_ids(lm, r) for r in reqs]
