@@ -1,10 +1,9 @@
-"""Figures: causal-trace heatmaps (paper Fig. 1) and average indirect effects over a dataset (Fig. 2)."""
+"""Figures: causal-trace heatmaps (paper Fig. 1), average effects over a dataset (Fig. 2), severed paths (Fig. 3)."""
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -72,20 +71,51 @@ CATEGORIES = (
 
 
 def plot_average_effects(
-    aie: dict[str, np.ndarray], *paths: str | os.PathLike, counts: dict[str, Sequence[int]] | None = None
+    aie: dict[str, np.ndarray],
+    *paths: str | os.PathLike,
+    std: dict[str, np.ndarray] | None = None,
+    n: int | None = None,
 ) -> Any:
-    """Fig. 2: average indirect effect per layer for each token category, one panel per kind."""
+    """Fig. 2 as the original's line plot: AIE per layer for each token category, one panel per trace.
+
+    With `std` (of the pooled rows) and `n` (facts), a band of ±1.96 std / sqrt(n) around each line, as there.
+    """
     plt = _figure()
-    kinds = list(aie)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.2), squeeze=False)
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        for category, row in zip(CATEGORIES, aie[kind], strict=True):
-            ax.plot(row, label=category)
-        ax.set_title(f"Average indirect effect: {kind}")
-        ax.set_xlabel("layer" if kind == "hidden" else "center of restored window")
+    names = list(aie)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for c, (category, row) in enumerate(zip(CATEGORIES, aie[name], strict=True)):
+            (line,) = ax.plot(row, label=category)
+            if std is not None and n:
+                error = 1.96 * std[name][c] / np.sqrt(n)
+                ax.fill_between(np.arange(len(row)), row - error, row + error, alpha=0.3, color=line.get_color())
+        ax.set_title(f"Average indirect effect: {name}")
+        ax.set_xlabel("center of restored window" if name in ("mlp", "attn") else "layer")
         ax.set_ylabel("AIE on p(answer)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
+    if paths:
+        save_figure(fig, *paths)
+    return fig
+
+
+def plot_severed_effects(aie: dict[str, np.ndarray], *paths: str | os.PathLike) -> Any:
+    """Fig. 3's bars: AIE of the last subject token's hidden state per layer, as is and with MLP or Attn severed."""
+    plt = _figure()
+    bars = [(name, label, color) for name, label, color in (
+        ("hidden", "Effect of single state on P", "#7261ab"), ("severed_attn", "Effect with Attn severed", "#f3201b"),
+        ("severed_mlp", "Effect with MLP severed", "#20b020"),
+    ) if name in aie]  # fmt: skip
+    last_subject = CATEGORIES.index("Last subject token")
+    fig, ax = plt.subplots(figsize=(6, 2.1))
+    width = 0.9 / len(bars)
+    for i, (name, label, color) in enumerate(bars):
+        row = aie[name][last_subject]
+        ax.bar(np.arange(len(row)) + (i - (len(bars) - 1) / 2) * width, row, width=width, color=color, label=label)
+    ax.set_title("Causal effect of states at the last subject token, MLP or Attn severed")
+    ax.set_ylabel("Average indirect effect")
+    ax.set_xlabel("Layer at which the single hidden state is restored")
+    ax.legend(frameon=False, fontsize=7)
     if paths:
         save_figure(fig, *paths)
     return fig

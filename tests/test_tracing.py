@@ -1,47 +1,112 @@
-"""Causal tracing: the packed program against one full forward per restoration, and the paper's findings."""
+"""Causal tracing: the packed program against one full forward per restoration, the original's noise, and Fig. 1."""
 
 from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import data_file
 
 import jrome
 from jrome import Interventions, Patch
-from jrome.tracing import corrupt_and_clean, restore, trace
-from jrome.tracing.reference import reference_scores
+from jrome.tracing import corrupt_and_clean, noise_scale, noise_std, restore, trace
+from jrome.tracing.reference import reference_scores, restoration_prob
 
 VARIANTS = [("hidden", None), ("mlp", None), ("attn", None), ("hidden", "mlp"), ("hidden", "attn")]
 TINY_PROMPT, TINY_SUBJECT = "a famous old museum the eiffel tower is located in the city of", "the eiffel tower"
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
-def test_packed_trace_equals_a_loop_of_full_forwards_on_tiny_models(tiny_lm, family):
+@pytest.mark.parametrize(("family", "chunks"), [("gpt2", (1,)), ("gpt_neox", (1,)), ("llama", (1, 2))])
+def test_packed_trace_equals_a_loop_of_full_forwards_on_tiny_models(tiny_lm, family, chunks):
     lm = tiny_lm(family)
     runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=1.0)
     assert runs.span == (4, 7)  # the subject does not start the prompt, so earlier tokens are skipped
     for kind, sever in VARIANTS:
         ref = reference_scores(lm, runs, kind, window=2, sever=sever)
-        for chunk in (1, 2):
+        for chunk in chunks:  # 1: one lane at a time (the CPU default); 2: lanes vmapped in pairs
             fast = restore(lm, runs, kind, window=2, sever=sever, chunk=chunk)
             np.testing.assert_allclose(fast.scores, ref, atol=1e-5, err_msg=f"{kind} sever={sever} chunk={chunk}")
         assert np.ptp(ref[runs.span[0] :]) > 1e-3, (kind, sever)  # the grid is not flat: restorations matter
         np.testing.assert_allclose(ref[: runs.span[0]], runs.low, atol=1e-6)  # tokens before the subject: no effect
 
 
+def test_token_range_restores_only_the_tokens_asked_for(tiny_lm):
+    lm = tiny_lm("llama")
+    runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=1.0)
+    some = restore(lm, runs, "hidden", sever="mlp", token_range=[9, 2, 5, 9])
+    assert some.token_range == [2, 5, 9]
+    for token in (2, 5, 9):  # token 2 is before the subject: its restorations change nothing
+        want = [restoration_prob(lm, runs, "hidden", token, layer, sever="mlp") for layer in range(3)]
+        np.testing.assert_allclose(some.scores[token], want, atol=1e-5)
+    assert np.isnan(np.delete(some.scores, [2, 5, 9], axis=0)).all()
+    last = restore(lm, runs, "hidden", token_range="subject_last")
+    assert last.token_range == [6] and not np.isnan(last.scores[6]).any()
+    assert np.isnan(np.delete(last.scores, 6, axis=0)).all()
+    d = json.loads(json.dumps(last.to_dict(), allow_nan=False))  # NaN (not restored) is null
+    assert d["scores"][0] == [None] * 3 and None not in d["scores"][6] and d["token_range"] == [6]
+
+
+def test_replace_sets_the_subject_token_embeddings_to_the_noise_and_keeps_positions(tiny_lm):
+    lm = tiny_lm("gpt2")  # learned position embeddings, added after the token embeddings
+    runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=2, noise=0.5, seed=3, replace=True)
+    start, end = runs.span
+    noise = (0.5 * np.random.RandomState(3).randn(2, end - start, lm.config.d_model)).astype(np.float32)
+    positions = np.asarray(lm.params["embed"]["positions"])[start:end]
+    corrupted = np.asarray(runs.corrupt["inputs"][0])  # [samples, T, D], the input of layer 0
+    np.testing.assert_allclose(corrupted[:, start:end], noise + positions, atol=1e-6)
+    np.testing.assert_allclose(corrupted[:, :start], np.asarray(runs.clean["inputs"][0])[None, :start].repeat(2, 0))
+
+
+def test_noise_is_numpys_randomstate_draw_as_in_the_original(tiny_lm):
+    lm = tiny_lm("llama")
+    start, end = 4, 7
+    runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=0.5)  # seed 1 by default
+    want = (0.5 * np.random.RandomState(1).randn(3, end - start, lm.config.d_model)).astype(np.float32)
+    added = np.asarray(runs.embed_add)
+    np.testing.assert_array_equal(added[:, start:end], want)
+    assert not added[:, :start].any() and not added[:, end:].any()
+    uniform = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=0.5, seed=7, uniform=True)
+    want = (0.5 * np.random.RandomState(7).uniform(-1, 1, (3, end - start, lm.config.d_model))).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(uniform.embed_add)[:, start:end], want)
+    explicit = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=want)
+    assert explicit.low == uniform.low and explicit.noise_scale == pytest.approx(float(np.std(want)))
+
+
+def test_noise_scale_parses_s_factor_once_for_trace_and_datasets(smollm2):
+    subjects = [r["subject"] for r in json.loads(data_file("known_1000.json").read_text())]
+    ids = np.concatenate([smollm2.tokenizer(s)["input_ids"] for s in subjects])
+    sigma = np.std(np.asarray(smollm2.params["embed"]["tokens"], np.float64)[ids], ddof=1)
+    assert noise_std(smollm2) == pytest.approx(sigma, rel=1e-9)  # all of known_1000's subjects, ddof 1
+    assert noise_scale(smollm2, "s3") == pytest.approx(3 * sigma, rel=1e-9)
+    assert noise_scale(smollm2, "s") == pytest.approx(sigma, rel=1e-9)
+    few = ["The Eiffel Tower", "Paris"]
+    assert noise_scale(smollm2, "s0.5", few) == pytest.approx(0.5 * noise_std(smollm2, few))
+    assert noise_scale(smollm2, 0.25) == 0.25
+    for bad in ("x3", "s3x", "s-1", "3"):
+        with pytest.raises(ValueError, match=f"noise='{bad}'; accepted"):
+            noise_scale(smollm2, bad)
+
+
 @pytest.fixture(scope="module")
 def eiffel(smollm2):
-    return corrupt_and_clean(smollm2, "The Eiffel Tower is in", "Eiffel Tower", samples=3, noise="s3")
+    prompt, subject = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
+    return corrupt_and_clean(smollm2, prompt, subject, samples=3, noise="s3")
 
 
-@pytest.mark.parametrize(("kind", "sever"), VARIANTS)
-def test_packed_trace_equals_a_loop_of_full_forwards_on_smollm2(smollm2, eiffel, kind, sever):
-    fast = restore(smollm2, eiffel, kind, sever=sever)
-    ref = reference_scores(smollm2, eiffel, kind, sever=sever)
-    np.testing.assert_allclose(fast.scores, ref, atol=1e-5)
-    assert fast.scores.shape == (6, 30)
+@pytest.fixture(scope="module")
+def eiffel_hidden(smollm2, eiffel):
+    return restore(smollm2, eiffel, "hidden")
+
+
+def test_severed_trace_of_the_last_subject_token_equals_full_forwards_on_smollm2(smollm2, eiffel):
+    fast = restore(smollm2, eiffel, "hidden", sever="mlp", token_range="subject_last")
+    last = eiffel.span[1] - 1
+    ref = [restoration_prob(smollm2, eiffel, "hidden", last, layer, sever="mlp") for layer in range(30)]
+    np.testing.assert_allclose(fast.scores[last], ref, atol=1e-5)
+    assert fast.scores.shape == (10, 30) and np.isnan(np.delete(fast.scores, last, axis=0)).all()
 
 
 def test_restoring_the_subject_and_what_follows_at_layer_0_gives_the_clean_score(smollm2, eiffel):
@@ -55,48 +120,20 @@ def test_restoring_the_subject_and_what_follows_at_layer_0_gives_the_clean_score
         interventions=Interventions(embed_add=eiffel.embed_add, resid=patch),
         logits_at="last",
     )
-    p = np.asarray(jnp.exp(out.logits[:, -1, eiffel.answer_id] - jax_logsumexp(out.logits[:, -1])))
+    logits = out.logits[:, -1]
+    p = np.asarray(jnp.exp(logits[:, eiffel.answer_id] - jax.nn.logsumexp(logits, axis=-1)))
     np.testing.assert_allclose(p, eiffel.high, atol=1e-5)
 
 
-def jax_logsumexp(x):
-    import jax
-
-    return jax.nn.logsumexp(x, axis=-1)
-
-
-def test_restoring_the_final_state_of_the_last_token_gives_the_clean_score(smollm2, eiffel):
-    result = restore(smollm2, eiffel, "hidden")
+def test_restoring_the_final_state_of_the_last_token_gives_the_clean_score(eiffel_hidden):
+    result = eiffel_hidden
     assert result.scores[-1, -1] == pytest.approx(result.high_score, abs=1e-5)
-    assert result.scores[:-1, -1] == pytest.approx(np.full(5, result.low_score), abs=1e-5)
+    assert result.scores[:-1, -1] == pytest.approx(np.full(9, result.low_score), abs=1e-5)
 
 
-def test_same_seed_same_scores_and_an_explicit_noise_array_reproduces_it(smollm2):
-    prompt, subject = "The Eiffel Tower is in", "Eiffel Tower"
-    a = trace(smollm2, prompt, subject, samples=2, seed=7)
-    b = trace(smollm2, prompt, subject, samples=2, seed=7)
-    np.testing.assert_array_equal(a.scores, b.scores)
-    assert not np.array_equal(a.scores, trace(smollm2, prompt, subject, samples=2, seed=8).scores)
-    runs = corrupt_and_clean(smollm2, prompt, subject, samples=2, seed=7)
-    noise = np.asarray(runs.embed_add)[:, runs.span[0] : runs.span[1]]
-    c = trace(smollm2, prompt, subject, samples=2, noise=noise)
-    np.testing.assert_array_equal(a.scores, c.scores)
-
-
-def test_uniform_and_replace_noise(smollm2):
-    prompt, subject = "The Eiffel Tower is in", "Eiffel Tower"
-    runs = corrupt_and_clean(smollm2, prompt, subject, samples=2, noise=0.5, uniform=True)
-    added = np.asarray(runs.embed_add)[:, 1:4]
-    assert 0.4 < np.abs(added).max() <= 0.5 and np.abs(np.asarray(runs.embed_add)[:, 4:]).max() == 0
-    replaced = corrupt_and_clean(smollm2, prompt, subject, samples=2, noise=0.5, replace=True)
-    subject_inputs = np.asarray(replaced.corrupt["inputs"][0][:, 1:4])
-    plain = corrupt_and_clean(smollm2, prompt, subject, samples=2, noise=0.5)
-    np.testing.assert_allclose(subject_inputs, np.asarray(plain.embed_add)[:, 1:4], atol=1e-6)
-
-
-def test_eiffel_tower_shows_the_early_and_the_late_site(smollm2):
+def test_eiffel_tower_shows_the_early_and_the_late_site(eiffel_hidden):
     """Fig. 1: a subject token is decisive in the lower layers; the last token only in the upper ones."""
-    result = trace(smollm2, "The Eiffel Tower is located in the city of", "The Eiffel Tower", samples=10)
+    result = eiffel_hidden
     assert result.answer == " Paris"
     low, high, half = result.low_score, result.high_score, result.scores.shape[1] // 2
     start, end = result.subject_range
@@ -104,13 +141,6 @@ def test_eiffel_tower_shows_the_early_and_the_late_site(smollm2):
     last = result.scores[-1]
     assert last[:half].max() < low + 0.1 * (high - low)
     assert last[half:].max() > low + 0.5 * (high - low)
-
-
-def test_result_serialises_to_json(smollm2):
-    result = trace(smollm2, "The Eiffel Tower is in", "Eiffel Tower", samples=2)
-    d = json.loads(json.dumps(result.to_dict()))
-    assert d["tokens"][1:4] == [" E", "iffel", " Tower"] and d["subject_range"] == [1, 4]
-    assert np.array(d["scores"]).shape == (6, 30) and d["kind"] == "hidden" and d["answer"] == result.answer
 
 
 @pytest.mark.parametrize(
@@ -125,10 +155,13 @@ def test_result_serialises_to_json(smollm2):
         ({"kind": "mlp", "sever": "mlp"}, "sever applies to hidden-state traces only"),
         ({"noise": "x3"}, "noise='x3'; accepted"),
         ({"answer": ""}, "tokenises to nothing"),
+        ({"token_range": "subject_first"}, "token_range='subject_first'; accepted"),
+        ({"token_range": [2, 6]}, r"token_range \[2, 6\]: give token indices in \[0, 6\)"),
+        ({"token_range": []}, "at least one"),
     ],
 )
 def test_bad_input_is_a_clear_error(smollm2, kwargs, message):
-    args = {"prompt": "The Eiffel Tower is in", "subject": "Eiffel Tower", "samples": 3} | kwargs
+    args = {"prompt": "The Eiffel Tower is in", "subject": "Eiffel Tower", "samples": 3, "noise": 0.1} | kwargs
     with pytest.raises(ValueError, match=message):
         trace(smollm2, **args)
 

@@ -1,12 +1,14 @@
 """Causal tracing (paper §2): corrupt the subject, restore one state at a time, and measure p(answer).
 
 `trace` runs the clean and corrupted passes once, then every restoration of the chosen kind in one
-jitted program (`restore.restoration_probs`).
+jitted program (`restore.restoration_probs`). The noise is drawn as the original code draws it: a fresh
+`numpy.random.RandomState(seed)` per trace (seed 1 by default), so every restoration sees the same noise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from .restore import restoration_probs, scatter_scores
 from .schedule import KINDS, plan_layers, plan_rows
 
 SEVER = ("mlp", "attn")
+NOISE_ACCEPTED = "'s<factor>' (factor x the std of subject-token embeddings, e.g. 's3'), a float, or an array"
 
 
 @dataclasses.dataclass
@@ -46,6 +49,7 @@ class TraceResult:
     uniform: bool
     replace: bool
     sever: str | None
+    token_range: list[int] | None = None  # the tokens restored; None: all (the other rows are NaN)
 
     @property
     def indirect_effect(self) -> np.ndarray:
@@ -58,16 +62,17 @@ class TraceResult:
         return self.high_score - self.low_score
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; the scores of tokens not restored are null."""
         d = dataclasses.asdict(self)
-        d["scores"] = self.scores.tolist()
+        d["scores"] = [[None if np.isnan(x) else float(x) for x in row] for row in self.scores]
         d["subject_range"] = list(self.subject_range)
         return d
 
 
 def noise_std(lm: LM, subjects: Sequence[str] | None = None) -> float:
-    """Standard deviation of the token embeddings of the subjects' tokens (default: known_1000's subjects).
+    """Standard deviation (ddof 1) of the token embeddings of the subjects' tokens (default: known_1000's subjects).
 
-    The paper's noise is three times this; compute it once and pass `noise=3 * std` to reuse it.
+    The original's `collect_embedding_std`; its noise is three times this over all of known_1000's subjects.
     """
     if subjects is None:
         from ..data import load_known
@@ -75,7 +80,29 @@ def noise_std(lm: LM, subjects: Sequence[str] | None = None) -> float:
         subjects = [record["subject"] for record in load_known()]
     table = np.asarray(lm.params["embed"]["tokens"], np.float32)
     ids = np.concatenate([lm.tokenizer(s)["input_ids"] for s in subjects])
-    return float(np.std(table[ids], ddof=1))
+    return float(np.std(table[ids].astype(np.float64), ddof=1))
+
+
+def noise_scale(lm: LM, noise: str | float, subjects: Sequence[str] | None = None) -> float:
+    """The scale a noise setting names: "s<factor>" is factor x `noise_std(lm, subjects)`, a number is itself.
+
+    The one parser of "s<factor>", shared by `trace` and `trace_dataset`.
+    """
+    if isinstance(noise, str):
+        factor = noise[1:] or "1"
+        if not noise.startswith("s") or not re.fullmatch(r"\d+(\.\d*)?|\.\d+", factor):
+            raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED}")
+        return float(factor) * noise_std(lm, subjects)
+    if np.ndim(noise) != 0 or not np.issubdtype(np.asarray(noise).dtype, np.number):
+        raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED}")
+    return float(noise)
+
+
+def draw_noise(shape: tuple[int, ...], scale: float, seed: int = 1, uniform: bool = False) -> np.ndarray:
+    """The original's noise: scale x `RandomState(seed)`'s randn(*shape) (or uniform(-1, 1, shape)), as float32."""
+    rs = np.random.RandomState(seed)
+    unit = rs.uniform(-1, 1, shape) if uniform else rs.randn(*shape)
+    return (scale * unit).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -119,12 +146,16 @@ def corrupt_and_clean(
     *,
     samples: int = 10,
     noise: str | float | Any = "s3",
-    seed: int = 0,
+    seed: int = 1,
     uniform: bool = False,
     replace: bool = False,
     answer: str | int | None = None,
+    noise_subjects: Sequence[str] | None = None,
 ) -> Runs:
-    """Run the prompt clean and with `samples` corruptions of the subject's token embeddings, capturing every state."""
+    """Run the prompt clean and with `samples` corruptions of the subject's token embeddings, capturing every state.
+
+    noise_subjects: the subjects whose embedding std "s<factor>" scales (default: all of known_1000's).
+    """
     if lm.tokenizer is None:
         raise ValueError("tracing needs a tokenizer; load one with jrome.load(..., tokenizer=...)")
     if not isinstance(samples, int | np.integer) or samples < 1:
@@ -137,32 +168,25 @@ def corrupt_and_clean(
     start, end = subject_range(lm.tokenizer, prompt, subject)
     cfg, d = lm.config, lm.config.d_model
 
-    if isinstance(noise, str):
-        if not (noise.startswith("s") and noise[1:].replace(".", "", 1).isdigit()):
-            raise ValueError(f"noise={noise!r}; accepted: 's3' (3 x the subject embedding std), a float, or an array")
-        scale = float(noise[1:]) * noise_std(lm)
-    elif np.ndim(noise) == 0:
-        scale = float(noise)
-    else:
-        scale = float("nan")
+    shape = (samples, end - start, d)
     if np.ndim(noise) == 0:
-        key = jax.random.key(seed)
-        shape = (samples, end - start, d)
-        draw = jax.random.uniform(key, shape, minval=-1.0) if uniform else jax.random.normal(key, shape)
-        values = np.asarray(draw * scale, np.float32)
+        scale = noise_scale(lm, noise, noise_subjects)
+        values = draw_noise(shape, scale, seed, uniform)
     else:
         values = np.asarray(noise, np.float32)
-        if values.shape != (samples, end - start, d):
+        if values.shape != shape:
             raise ValueError(
-                f"noise array has shape {values.shape}; it must be [samples, subject tokens, d_model] = "
-                f"{(samples, end - start, d)}"
+                f"noise array has shape {values.shape}; it must be [samples, subject tokens, d_model] = {shape}"
             )
         scale = float(np.std(values))
 
     positions = np.arange(len(ids))[None]
     clean_h0 = embed(cfg, lm.params, ids[None], positions)[0]
     add = np.zeros((samples, len(ids), d), np.float32)
-    add[:, start:end] = values - np.asarray(clean_h0[start:end]) if replace else values
+    if replace:  # the noise replaces the token embeddings; learned position embeddings are still added to it
+        add[:, start:end] = values - np.asarray(lm.params["embed"]["tokens"], np.float32)[ids[start:end]]
+    else:
+        add[:, start:end] = values
     add = jnp.asarray(add, clean_h0.dtype)
     capture = ("resid", "mlp", "attn", "attn_k", "attn_v")
     mask = np.ones((1, len(ids)), np.int32)
@@ -206,10 +230,34 @@ def corrupt_and_clean(
     )
 
 
+def restored_tokens(token_range: str | Sequence[int] | None, n_tokens: int, span: tuple[int, int]) -> list[int]:
+    """The token indices a token_range names: None all, "subject_last" the subject's last token, or a list."""
+    if token_range is None:
+        return list(range(n_tokens))
+    if isinstance(token_range, str):
+        if token_range != "subject_last":
+            raise ValueError(f"token_range={token_range!r}; accepted: None, 'subject_last', or a list of token indices")
+        return [span[1] - 1]
+    tokens = sorted({int(t) for t in token_range})
+    if not tokens or tokens[0] < 0 or tokens[-1] >= n_tokens:
+        raise ValueError(f"token_range {list(token_range)}: give token indices in [0, {n_tokens}), at least one")
+    return tokens
+
+
 def restore(
-    lm: LM, runs: Runs, kind: str = "hidden", *, window: int = 10, sever: str | None = None, chunk: int | None = None
+    lm: LM,
+    runs: Runs,
+    kind: str = "hidden",
+    *,
+    window: int = 10,
+    sever: str | None = None,
+    token_range: str | Sequence[int] | None = None,
+    chunk: int | None = None,
 ) -> TraceResult:
-    """Every restoration of one kind for prepared runs, in one jitted call."""
+    """Every restoration of one kind for prepared runs, in one jitted call.
+
+    token_range: restore only these tokens (None: all; "subject_last"; or token indices); other rows are NaN.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}")
     if not isinstance(window, int | np.integer) or window < 1:
@@ -224,8 +272,49 @@ def restore(
     if not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk must be a positive number of lanes, got {chunk!r}")
     n_tokens = len(runs.ids)
+    tokens = restored_tokens(token_range, n_tokens, runs.span)
+    scores = np.full((n_tokens, cfg.n_layers), np.nan)
+    scores[tokens] = runs.low  # tokens before the subject are never corrupted: restoring them changes nothing
+    computed = [t for t in tokens if t >= runs.span[0]]
+    if computed:
+        scores = _restoration_scores(lm, runs, kind, window, sever, chunk, computed, scores)
+    return TraceResult(
+        prompt=runs.prompt,
+        subject=runs.subject,
+        kind=kind,
+        scores=scores,
+        low_score=runs.low,
+        high_score=runs.high,
+        answer=lm.tokenizer.decode([runs.answer_id]),
+        answer_id=runs.answer_id,
+        tokens=token_strings(lm.tokenizer, runs.ids),
+        subject_range=runs.span,
+        window=int(window),
+        noise_std=runs.noise_scale,
+        samples=runs.samples,
+        seed=runs.seed,
+        uniform=runs.uniform,
+        replace=runs.replace,
+        sever=sever,
+        token_range=None if token_range is None else tokens,
+    )
+
+
+def _restoration_scores(
+    lm: LM,
+    runs: Runs,
+    kind: str,
+    window: int,
+    sever: str | None,
+    chunk: int,
+    tokens: list[int],
+    base: np.ndarray,
+) -> np.ndarray:
+    """`base` [T, L] with the rows of `tokens` (all at or after the subject's start) set by the packed program."""
+    cfg = lm.config
+    n_tokens = len(runs.ids)
     plan = plan_layers(cfg.n_layers, kind, window, sever)
-    rows = plan_rows(n_tokens, runs.span[0])
+    rows = plan_rows(n_tokens, runs.span[0], tokens)
     if kind == "hidden":
         site, source, clean_site, corrupt_site = sever, "corrupted", None, runs.corrupt.get(sever or "", None)
     else:
@@ -250,27 +339,7 @@ def restore(
         restore_input=kind == "hidden",
         chunk=chunk,
     )
-    base = np.full((n_tokens, cfg.n_layers), runs.low, np.float64)
-    scores = scatter_scores(np.asarray(probs, np.float64), plan, rows.seg_start, base)
-    return TraceResult(
-        prompt=runs.prompt,
-        subject=runs.subject,
-        kind=kind,
-        scores=scores,
-        low_score=runs.low,
-        high_score=runs.high,
-        answer=lm.tokenizer.decode([runs.answer_id]),
-        answer_id=runs.answer_id,
-        tokens=token_strings(lm.tokenizer, runs.ids),
-        subject_range=runs.span,
-        window=int(window),
-        noise_std=runs.noise_scale,
-        samples=runs.samples,
-        seed=runs.seed,
-        uniform=runs.uniform,
-        replace=runs.replace,
-        sever=sever,
-    )
+    return scatter_scores(np.asarray(probs, np.float64), plan, rows.seg_start, base)
 
 
 def trace(
@@ -281,29 +350,35 @@ def trace(
     samples: int = 10,
     noise: str | float | Any = "s3",
     window: int = 10,
-    seed: int = 0,
+    seed: int = 1,
     uniform: bool = False,
     replace: bool = False,
     answer: str | int | None = None,
     *,
     sever: str | None = None,
+    token_range: str | Sequence[int] | None = None,
+    noise_subjects: Sequence[str] | None = None,
     chunk: int | None = None,
 ) -> TraceResult:
     """Causal trace of `subject` in `prompt`: p(answer) with each (token, layer) state restored after corruption.
 
     kind: "hidden" restores the residual after layer l at token t; "mlp"/"attn" restore that module's outputs at
-    token t in a window of `window` layers centred on l. noise: "s3" (3 x the subject-embedding std over known
-    facts), a float scale, or an explicit array [samples, subject tokens, d_model]. uniform draws U(-1, 1) x
-    scale instead of a Gaussian; replace sets the subject embeddings to the noise instead of adding it.
-    answer: the token (id or string, first token) to score; default the clean prediction. sever: "mlp" or "attn"
-    freezes that module's outputs at the restored token in every layer at their corrupted values (paper Fig. 3).
-    chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU, all at once on accelerators.
+    token t in a window of `window` layers centred on l. noise: "s3" (3 x the std of the token embeddings of
+    `noise_subjects`, default known_1000's subjects), a float scale, or an explicit array [samples, subject tokens,
+    d_model]; a scale multiplies `numpy.random.RandomState(seed).randn(samples, subject tokens, d_model)` as in
+    the original. uniform draws U(-1, 1) x scale instead; replace sets the subject's token embeddings to the noise
+    instead of adding it. answer: the token (id or string, first token) to score; default the clean prediction.
+    sever: "mlp" or "attn" freezes that module's outputs at the restored token in every layer at their corrupted
+    values (paper Fig. 3). token_range: restore only these tokens (None: all, "subject_last", or token indices);
+    the others' scores are NaN. chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU,
+    all at once on accelerators.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}")
     if not isinstance(window, int | np.integer) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     runs = corrupt_and_clean(
-        lm, prompt, subject, samples=samples, noise=noise, seed=seed, uniform=uniform, replace=replace, answer=answer
-    )
-    return restore(lm, runs, kind, window=window, sever=sever, chunk=chunk)
+        lm, prompt, subject, samples=samples, noise=noise, seed=seed, uniform=uniform, replace=replace, answer=answer,
+        noise_subjects=noise_subjects,
+    )  # fmt: skip
+    return restore(lm, runs, kind, window=window, sever=sever, token_range=token_range, chunk=chunk)

@@ -13,6 +13,7 @@ Only the work a restoration needs is computed, apart from the small imbalance th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,9 +76,12 @@ def plan_layers(n_layers: int, kind: str, window: int, sever: str | None) -> Lay
     )
 
 
-def plan_rows(n_tokens: int, first: int) -> RowPlan:
-    """Pair the restored tokens first..T-1 so that each row holds columns t..T-1 and t'..T-1 of about T - first + 1."""
-    tokens = list(range(first, n_tokens))
+def plan_rows(n_tokens: int, first: int, tokens: Sequence[int] | None = None) -> RowPlan:
+    """Pair the restored tokens first..T-1 so that each row holds columns t..T-1 and t'..T-1 of about T - first + 1.
+
+    tokens: restore only these (ascending, each at least `first`) instead of all of first..T-1.
+    """
+    tokens = list(range(first, n_tokens)) if tokens is None else list(tokens)
     pairs = [(tokens[i], tokens[-1 - i]) for i in range(len(tokens) // 2)]
     if len(tokens) % 2:
         pairs.append((tokens[len(tokens) // 2], -1))
