@@ -187,17 +187,31 @@ def _with_suffix(path: str, kind: str, many: bool, suffix: str) -> str:
 
 
 def _noise_arg(text: str) -> str | float:
+    """A float scale, or the text itself ("s3"), which the library parses and checks."""
     try:
         return float(text)
     except ValueError:
         return text
 
 
+def _token_range_arg(text: str | None) -> str | list[int] | None:
+    """--token-range: "subject_last" or comma-separated token indices."""
+    if text is None or text == "subject_last":
+        return text
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--token-range {text!r}; accepted: subject_last, or token indices such as 0,3,9") from None
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .plots import plot_trace
     from .tracing import KINDS, corrupt_and_clean, restore
 
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    token_range = _token_range_arg(args.token_range)
     lm = _load_model(args)
     start = time.perf_counter()
     runs = corrupt_and_clean(
@@ -211,8 +225,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     results, written = {}, []
     for kind in kinds:
         t0 = time.perf_counter()
-        result = restore(lm, runs, kind, window=args.window, sever=args.sever)
-        token, layer = divmod(int(result.scores.argmax()), result.scores.shape[1])
+        result = restore(lm, runs, kind, window=args.window, sever=args.sever, token_range=token_range)
+        token, layer = divmod(int(np.nanargmax(result.scores)), result.scores.shape[1])
         print(
             f"{kind:6s}: {time.perf_counter() - t0:6.1f}s  strongest restoration: token {token} "
             f"{result.tokens[token]!r} at layer {layer}, p = {result.scores[token, layer]:.4f}"
@@ -230,10 +244,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_trace_dataset(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .data import load_known
-    from .tracing.dataset import trace_dataset
+    from .tracing.dataset import NO_CORRECT, trace_dataset
 
     facts = load_known(None if args.facts == "known_1000" else args.facts)
+    subjects = [f["subject"] for f in facts]  # "s3" scales by all the file's subjects, as the original's --fact_file
     if args.n is not None:
         if args.n > len(facts):
             print(f"--n {args.n} is more than the {len(facts)} facts there are; tracing all {len(facts)}")
@@ -241,13 +258,18 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
     lm = _load_model(args)
     summary = trace_dataset(
         lm, facts, args.kinds, samples=args.samples, noise=_noise_arg(args.noise), window=args.window,
-        seed=args.seed, out=args.out,
+        seed=args.seed, sever=args.sever, noise_subjects=subjects, out=args.out,
     )  # fmt: skip
-    print(f"{summary.n_correct} of {summary.n_facts} facts answered correctly and traced; ATE {summary.ate:.4f}")
-    for kind, aie in summary.aie.items():
-        peak = aie.max(axis=1)
-        print(f"{kind:6s} peak AIE per category: " + ", ".join(f"{p:.3f}" for p in peak))
-    print(f"wrote {args.out}/summary.json, summary.npz, average_effects.png/.pdf and facts.jsonl")
+    print(f"{summary.n_correct} of {summary.n_facts} facts answered correctly and traced", end="")
+    if not summary.n_correct:
+        print(f": {NO_CORRECT}; wrote {args.out}/summary.json and facts.jsonl")
+        return 0
+    print(f"; ATE {summary.ate:.4f}")
+    for name, aie in summary.aie.items():
+        peak = ", ".join("-" if np.isnan(row).all() else f"{np.nanmax(row):.3f}" for row in aie)
+        print(f"{name:12s} peak AIE per category: {peak}")
+    plots = "average_effects.png/.pdf" + (", severed_effects.png/.pdf" if args.sever else "")
+    print(f"wrote {args.out}/summary.json, summary.npz, {plots}, settings.json and facts.jsonl")
     return 0
 
 
@@ -298,7 +320,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                   f"p(old)={r['p_old']:.4f}")  # fmt: skip
     payload = {
         "request": dataclasses.asdict(req), "layer": hp.layer, "hparams": hp.to_dict(), "old_answer": probe["top"],
-        "seconds": seconds, "losses": [x for x in undo.edits[0].losses.tolist() if x == x], "checks": rows,
+        "seconds": seconds, "losses": [x for x in undo.edits[0].losses[:, 0].tolist() if x == x], "checks": rows,
     }  # fmt: skip
     if args.json:
         _write_json(args.json, payload)
@@ -317,7 +339,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lm = _load_model(args)
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     summary = run_eval(
-        lm, args.method, args.dataset, args.n, args.out, hparams=overrides, generation_tokens=args.generation_tokens,
+        lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
         seed=args.seed,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
@@ -358,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def trace_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--samples", type=int, default=10, help="noise samples per corruption")
-        p.add_argument("--noise", default="s3", help="s3 (3 x subject embedding std) or a float scale")
+        p.add_argument("--noise", default="s3", help="s3 (3 x std of the subjects' token embeddings) or a float scale")
         p.add_argument("--window", type=int, default=10, help="layers restored together for mlp/attn kinds")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
 
     p = sub.add_parser("trace", help="causal trace of one prompt (paper Fig. 1)")
     model_args(p)
@@ -372,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="replace the subject embeddings by the noise")
     p.add_argument("--answer", help="score this answer instead of the model's prediction")
     p.add_argument("--sever", choices=["mlp", "attn"], help="freeze that module at the restored token (Fig. 3)")
+    p.add_argument("--token-range", help="restore only these tokens: subject_last, or indices such as 0,3,9")
     p.add_argument("--json", help="write every field of the result, per kind")
     p.add_argument("--plot", help="heatmap path (PNG; a PDF is written beside it); one per kind")
     p.set_defaults(run=cmd_trace)
@@ -382,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="trace the first N facts")
     p.add_argument("--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"])
     trace_args(p)
+    p.add_argument("--sever", nargs="+", choices=["mlp", "attn"], help="also trace h with that severed (Fig. 3)")
     p.add_argument("--out", required=True, help="folder for per-fact results (resumable) and the summary")
     p.set_defaults(run=cmd_trace_dataset)
 
@@ -403,13 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an editing method on CounterFact or zsRE (resumable)")
     model_args(p)
-    p.add_argument("--method", required=True, help="none, rome, ft, ft-l or memit")
+    p.add_argument("--method", required=True, help="none, rome, r-rome, ft, ft-l or memit")
     p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
     p.add_argument("--n", type=int, help="evaluate the first N cases")
     p.add_argument("--out", required=True, help="folder for per-case results (resumable) and the summary")
     p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
     p.add_argument("--stats-tokens", type=int, help="tokens of key statistics (default: the preset's)")
-    p.add_argument("--generation-tokens", type=int, default=50, help="tokens generated per prompt for fluency")
+    p.add_argument(
+        "--max-out-len", type=int, default=100,
+        help="tokens of each generation for fluency and consistency, prompt included (the original's 100; 0: skip)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_eval)
 

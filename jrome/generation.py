@@ -1,4 +1,5 @@
-"""Greedy and sampled decoding with a key/value cache, jitted end to end.
+"""Greedy and sampled decoding with a key/value cache, jitted end to end; and the original code's `generate_fast`
+(top-k sampling to a total length), which its context templates and fluency metric are made with.
 
 The prompt runs once through the ordinary forward (capturing each layer's keys and values); every new
 token then runs as a single row that attends to that cache, through the same `run_layers`, with the layer
@@ -7,6 +8,7 @@ weights sliced once before the token loop (slicing them out of the stack at ever
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from functools import partial
 
@@ -27,7 +29,7 @@ from .models.forward import (
     unstack,
 )
 from .models.lm import LM
-from .tokens import encode
+from .tokens import encode, padded_width
 
 
 def _choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
@@ -134,3 +136,36 @@ def generate(
             row = row[: row.index(eos)]
         texts.append(lm.tokenizer.decode(row, skip_special_tokens=False))
     return texts
+
+
+def sample_to_length(lm: LM, prompts: Sequence[str], length: int, *, top_k: int = 5, seed: int = 0) -> list[list[int]]:
+    """The original's generate_fast, as token ids: each prompt continued by top-k sampling (temperature 1) until
+    prompt and continuation are `length` tokens together (its max_out_len), with no stop at the end-of-text token;
+    a prompt already that long is kept as it is. The random key is `seed` folded with `length`."""
+    if length < 1:
+        raise ValueError(f"the length must be at least 1 token (prompt and continuation), got {length}")
+    ids, mask = encode(lm.tokenizer, prompts, multiple_of=8)
+    lengths = mask.sum(axis=1)
+    # Sample for the shortest prompt's need, rounded up so calls share compiled code; each row keeps its own need.
+    new = padded_width(int(length - lengths.min()), 8)
+    out = np.zeros((len(lengths), 0), np.int32)
+    if new > 0:
+        if ids.shape[1] + new > lm.config.max_positions:
+            raise ValueError(f"{length} tokens exceed the model's context of {lm.config.max_positions}")
+        key = jax.random.fold_in(jax.random.key(seed), length)
+        out = np.asarray(generate_ids(lm.config, lm.params, ids, mask, new, 1.0, top_k, None, key))
+    return [
+        [int(i) for i in (*ids[row, ids.shape[1] - n :], *out[row, : max(0, length - int(n))])]
+        for row, n in enumerate(lengths)
+    ]
+
+
+def tidy(text: str) -> str:
+    """generate_fast's clean-up of a decoded text: NFKD, blank lines joined, "<|endoftext|>" removed."""
+    return unicodedata.normalize("NFKD", text).replace("\n\n", " ").replace("<|endoftext|>", "")
+
+
+def generate_fast(lm: LM, prompts: Sequence[str], length: int, *, top_k: int = 5, seed: int = 0) -> list[str]:
+    """The original's generate_fast: each prompt sampled to `length` tokens in all, decoded whole and tidied."""
+    rows = sample_to_length(lm, prompts, length, top_k=top_k, seed=seed)
+    return [tidy(lm.tokenizer.decode(row, skip_special_tokens=False)) for row in rows]

@@ -1,61 +1,175 @@
-"""Evaluation: metrics on hand-made numbers, dataset formats, baselines, and the resumable runner on SmolLM2."""
+"""Evaluation as the original computes it: metrics on hand-made numbers, words, TF-IDF on tiny files, dataset
+formats, the fine-tuning baselines, each method's context, and the resumable runner on SmolLM2."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jrome.evaluation.runner as runner
-from jrome.editing.baselines import FTHparams, finetune
-from jrome.evaluation import load_dataset, ngram_entropy, run_eval, score_targets, tfidf_similarity
+import jrome
+import jrome.evaluation.methods as methods
+from jrome.editing.baselines import FTHparams, finetune, ft_hparams_for
+from jrome.evaluation import load_dataset, ngram_entropy, run_eval, score_targets, word_tokenize
+from jrome.evaluation.consistency import Vectorizer, load_references, tfidf_similarity
 from jrome.evaluation.datasets import parse_counterfact, parse_zsre
-from jrome.evaluation.metrics import compare, target_totals
+from jrome.evaluation.fluency import generation_entropy
+from jrome.evaluation.metrics import counterfact_case_scores, target_token_scores, zsre_case_scores, zsre_correct
+from jrome.evaluation.runner import summarise
+from jrome.generation import sample_to_length, tidy
 
 ORIGINAL = {
     "case_id": 7,
     "requested_rewrite": {
-        "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
+        "prompt": "The mother tongue of {} is", "relation_id": "P103", "subject": "Danielle Darrieux",
         "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"},
     },
     "paraphrase_prompts": ["Danielle Darrieux spoke", "Danielle Darrieux's first language is"],
     "neighborhood_prompts": ["Michel Rocard is a native speaker of", "Jean Gabin's mother tongue is"],
     "attribute_prompts": ["J.R.R. Tolkien is a native speaker of"],
-    "generation_prompts": ["Danielle Darrieux's mother tongue is"],
+    "generation_prompts": ["Danielle Darrieux's mother tongue is", "Where Danielle Darrieux is from, people speak"],
 }  # fmt: skip
+ZSRE = {
+    "subject": "UniFirst", "src": "What is the product made by UniFirst?", "rephrase": "What does UniFirst make?",
+    "alt": "unmanned aircraft", "answers": ["uniform"], "loc": "nq question: who wrote the odyssey", "loc_ans": "Homer",
+}  # fmt: skip
+EIFFEL = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
 
 
-def test_target_log_probs_and_token_accuracy_on_hand_made_logits():
+def test_target_token_scores_on_hand_made_logits():
     logits = jnp.log(jnp.array([[[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]], [[0.2, 0.2, 0.6], [0.9, 0.05, 0.05]]]))
-    targets = jnp.array([[1, 2], [0, 0]])
-    valid = jnp.array([[True, True], [True, False]])
-    total, hits = target_totals(logits, targets, valid)
-    np.testing.assert_allclose(np.asarray(total), [math.log(0.6) + math.log(0.25), math.log(0.2)], rtol=1e-6)
-    assert np.asarray(hits).tolist() == [1, 0]
+    log_probs, hits = target_token_scores(logits, jnp.array([[1, 2], [0, 0]]))
+    np.testing.assert_allclose(np.asarray(log_probs), np.log([[0.6, 0.25], [0.2, 0.9]]), rtol=1e-6)
+    assert np.asarray(hits).tolist() == [[True, False], [False, True]]
 
 
-def test_scores_and_magnitudes_on_hand_made_log_probs():
-    new, true = np.log([0.5, 0.1, 0.3]), np.log([0.2, 0.4, 0.3])
-    score, magnitude = compare(new, true)
-    assert score == pytest.approx(1 / 3) and magnitude == pytest.approx((0.3 - 0.3 + 0.0) / 3)
+def test_counterfact_case_scores_follow_the_original_summarize():
+    nlls = {
+        "rewrite": [{"target_new": 0.5, "target_true": 1.0}],
+        "paraphrase": [{"target_new": 2.0, "target_true": 1.0}, {"target_new": 1.0, "target_true": 1.0}],  # a tie fails
+        "neighborhood": [{"target_new": 3.0, "target_true": 1.0}, {"target_new": 1.0, "target_true": 3.0}],
+    }
+    s = counterfact_case_scores(nlls)
+    assert (s["efficacy_score"], s["paraphrase_score"], s["neighborhood_score"]) == (1.0, 0.0, 0.5)
+    assert s["efficacy_magnitude"] == pytest.approx(math.exp(-0.5) - math.exp(-1.0))
+    assert s["paraphrase_magnitude"] == pytest.approx((math.exp(-2.0) - math.exp(-1.0)) / 2)
+    assert s["neighborhood_magnitude"] == pytest.approx(0.0, abs=1e-12)
+    assert counterfact_case_scores({"rewrite": [{"target_new": 1.0, "target_true": 1.0}]}) == {
+        "efficacy_score": 0.0, "efficacy_magnitude": 0.0,
+    }  # fmt: skip
 
 
-def test_fluency_and_consistency_on_hand_made_texts():
-    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+def test_zsre_case_scores_are_token_means():
+    s = zsre_case_scores({"rewrite": [True, False, True, True], "paraphrase": [False, False], "neighborhood": [True]})
+    assert s == {"edit_accuracy": 0.75, "paraphrase_accuracy": 0.0, "neighborhood_accuracy": 1.0}
+
+
+def test_summary_means_intervals_and_harmonic_score():
+    es, ps, ns = [1.0, 0.0, 1.0, 1.0], [0.5, 0.5, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]
+    records = [
+        {"pre": {"efficacy_score": 0.0, "paraphrase_score": p, "neighborhood_score": n},
+         "post": {"efficacy_score": e, "paraphrase_score": p, "neighborhood_score": n}, "seconds": {"edit": 1, "score": 2}}
+        for e, p, n in zip(es, ps, ns, strict=True)
+    ]  # fmt: skip
+    summary = summarise(records, "counterfact")
+    m = summary["metrics"]
+    assert list(m) == ["S", "ES", "PS", "NS"]
+    assert (m["ES"]["post"]["mean"], m["PS"]["post"]["mean"], m["NS"]["post"]["mean"]) == (0.75, 0.5, 0.75)
+    assert m["PS"]["post"]["ci95"] == pytest.approx(1.96 * math.sqrt(((0.5 - 0.5) ** 2 * 2 + 0.25 + 0.25) / 3) / 2)
+    assert m["S"]["post"]["mean"] == pytest.approx(3 / (1 / 0.75 + 1 / 0.5 + 1 / 0.75))
+    assert m["S"]["pre"]["mean"] == 0.0  # an efficacy of 0 makes the harmonic mean 0
+    zsre = [{"pre": {"edit_accuracy": 0.5, "paraphrase_accuracy": 0.25, "neighborhood_accuracy": 1.0},
+             "post": {"edit_accuracy": 1.0, "paraphrase_accuracy": 0.5, "neighborhood_accuracy": 1.0},
+             "seconds": {"edit": 1, "score": 2}}]  # fmt: skip
+    z = summarise(zsre, "zsre")["metrics"]
+    assert list(z) == ["S", "efficacy", "paraphrase", "specificity"]
+    assert z["S"]["post"]["mean"] == pytest.approx(3 / (1 + 2 + 1)) and math.isnan(z["efficacy"]["post"]["ci95"])
+
+
+def test_words_follow_nltk_treebank_rules():
+    # Expected outputs are nltk.word_tokenize's (NLTK 3.6.5).
+    assert word_tokenize('He said, "I can\'t go." Then he left...') == [
+        "He", "said", ",", "``", "I", "ca", "n't", "go", ".", "''", "Then", "he", "left", "...",
+    ]  # fmt: skip
+    assert word_tokenize("Don't stop; it's 3:30pm & we're (almost) there -- right? Yes!") == [
+        "Do", "n't", "stop", ";", "it", "'s", "3:30pm", "&", "we", "'re", "(", "almost", ")", "there", "--", "right",
+        "?", "Yes", "!",
+    ]  # fmt: skip
+    assert word_tokenize("I wanna go. Gimme that, cannot.") == [
+        "I", "wan", "na", "go", ".", "Gim", "me", "that", ",", "can", "not", ".",
+    ]  # fmt: skip
+    assert word_tokenize("Price: $5,000.00 for “Smart” [ref]") == [
+        "Price", ":", "$", "5,000.00", "for", "“", "Smart", "”", "[", "ref", "]",
+    ]  # fmt: skip
+
+
+def test_sentences_end_at_periods_but_not_after_abbreviations_or_initials():
+    assert word_tokenize("Hello world. It works. Done") == ["Hello", "world", ".", "It", "works", ".", "Done"]
+    assert word_tokenize("Mr. Smith met J. Jones at 5 p.m. on Jan. 5.") == [
+        "Mr.", "Smith", "met", "J.", "Jones", "at", "5", "p.m.", "on", "Jan.", "5", ".",
+    ]  # fmt: skip
+
+
+def test_ngram_entropy_in_bits_without_lowercasing():
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))  # bigrams (a b) x2, (b a) x1; trigrams: two, once each
     assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
-    assert ngram_entropy("a a a a a") == 0.0
-    assert tfidf_similarity(["the tower in rome"], ["the tower in rome"]) == pytest.approx(1.0)
-    assert tfidf_similarity(["paris france"], ["rome italy"]) == 0.0
+    assert ngram_entropy("x X x X") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)  # case matters
+    assert ngram_entropy("a a a a a") == 0.0 and ngram_entropy("word") == 0.0
+    assert generation_entropy(["a b a b", "a a a a a"]) == pytest.approx((2 / 3 * h2 + 4 / 3) / 4)
+    assert tidy("A\n\nB<|endoftext|> C") == "A B C"
+
+
+def write_tfidf_files(folder):
+    """A tiny vocabulary and idf in the published format, and snippets for (P103, Q1860)."""
+    (folder / "tfidf_vocab.json").write_text(json.dumps({"rome": 0, "italy": 1, "capital": 2, "city": 3}))
+    np.save(folder / "idf.npy", np.array([1.0, 2.0, 1.5, 3.0]))
+    samples = [{"name": "X", "text": "Italy's capital is Rome."}, {"name": "Y", "text": "A city in Italy"}]
+    (folder / "attribute_snippets.json").write_text(json.dumps([{"relation_id": "P103", "target_id": "Q1860", "samples": samples}]))  # fmt: skip
+
+
+def test_tfidf_consistency_on_tiny_published_format_files(tmp_path):
+    write_tfidf_files(tmp_path)
+    refs = load_references(tmp_path)
+    # "Rome is the capital city." + "Rome!": rome 2, capital 1, city 1 -> tf-idf (2, 0, 1.5, 3)
+    # snippets joined: rome 1, italy 2 ("Italy's" gives "italy"), capital 1, city 1 -> (1, 4, 1.5, 3)
+    want = (2 * 1 + 1.5 * 1.5 + 3 * 3) / math.sqrt((4 + 2.25 + 9) * (1 + 16 + 2.25 + 9))
+    assert refs.score(["Rome is the capital city.", "Rome!"], "P103", "Q1860") == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(refs.vectorizer.transform("CITY city a"), [0, 0, 0, 1.0])
+    assert math.isnan(tfidf_similarity("nothing known", "rome", refs.vectorizer))
+    with pytest.raises(ValueError, match="no attribute snippets for relation 'P103' and object 'Q150'"):
+        refs.score(["Rome"], "P103", "Q150")
+    with pytest.raises(ValueError, match="vocabulary has columns up to 3 but idf has 2"):
+        Vectorizer({"a": 3}, np.ones(2))
+    (tmp_path / "idf.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"^idf.npy not in"):
+        load_references(tmp_path)
+
+
+def test_datasets_read_as_the_original_reads_them():
+    (case,) = parse_counterfact([ORIGINAL])
+    assert case.request.text == "The mother tongue of Danielle Darrieux is" and case.target_true == "French"
+    assert case.neighborhood_answers == ("French", "French") and (case.relation_id, case.target_new_id) == (
+        "P103",
+        "Q1860",
+    )
+    compact = load_dataset("counterfact")[0]
+    assert (compact.request.subject, compact.target_true, compact.request.target_new) == (
+        "Danielle Darrieux",
+        "French",
+        "English",
+    )
+    assert compact.generation_prompts == () and compact.relation_id is None
+    (z,) = parse_zsre([ZSRE])
+    assert z.request.target_new == "uniform" and z.target_true is None  # the edit goes to answers[0], not alt
+    assert z.neighborhood_prompts == ("nq question: who wrote the odyssey?",) and z.neighborhood_answers == ("Homer",)
+    assert load_dataset("zsre")[0].request.text == "What is the product made by UniFirst?"
 
 
 def test_score_targets_matches_a_plain_forward(smollm2):
-    import jax
-
-    import jrome
-
     lp, acc = score_targets(smollm2, ["The Eiffel Tower is located in the city of"] * 2, ["Paris", "Rome"])
     ids, mask = jrome.encode(smollm2.tokenizer, ["The Eiffel Tower is located in the city of"])
     probs = jax.nn.softmax(jrome.forward(smollm2, ids, mask, logits_at="last").logits[0, -1])
@@ -64,85 +178,208 @@ def test_score_targets_matches_a_plain_forward(smollm2):
     assert acc.tolist() == [1.0, 0.0]
 
 
-def test_both_counterfact_formats_and_zsre_parse_into_one_record_type():
-    (case,) = parse_counterfact([ORIGINAL])
-    assert case.request.text == "The mother tongue of Danielle Darrieux is" and case.target_true == "French"
-    assert case.request.target_new == "English" and len(case.neighborhood_prompts) == case.neighborhood_answers.count(
-        "French"
-    )
-    compact = load_dataset("counterfact")[0]
-    assert (compact.request.subject, compact.target_true, compact.request.target_new) == (
-        "Danielle Darrieux",
-        "French",
-        "English",
-    )
-    zsre = load_dataset("zsre")[0]
-    assert (
-        zsre.request.text == "What is the product made by UniFirst?" and zsre.request.target_new == "unmanned aircraft"
-    )
-    assert zsre.neighborhood_prompts[0].endswith("big lebowski?") and zsre.neighborhood_answers == ("Walter Sobchak",)
+def test_zsre_accuracy_is_teacher_forced_argmax_per_token(smollm2):
+    (case,) = parse_zsre([ZSRE | {"answers": ["unmanned aerial vehicles"]}])
+    got = zsre_correct(smollm2, case)
+    tok = smollm2.tokenizer
+    for group, prompt, answer in [("rewrite", case.request.text, " unmanned aerial vehicles"),
+                                  ("paraphrase", ZSRE["rephrase"], " unmanned aerial vehicles"),
+                                  ("neighborhood", ZSRE["loc"] + "?", " Homer")]:  # fmt: skip
+        p, a = tok(prompt)["input_ids"], tok(answer)["input_ids"]
+        logits = np.asarray(jrome.forward(smollm2, np.asarray([p + a], np.int32)).logits[0])
+        assert got[group] == [bool(logits[len(p) - 1 + j].argmax() == t) for j, t in enumerate(a)]
+    assert len(got["rewrite"]) > 1
 
 
-def test_fine_tuning_raises_the_target_and_ft_l_keeps_the_change_bounded(smollm2):
-    request = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
-    before = score_targets(smollm2, ["The Eiffel Tower is located in the city of"], ["Rome"])[0][0]
-    ft, losses = finetune(smollm2, request, FTHparams(layer=4))
-    assert (
-        losses[-1] < losses[0]
-        and score_targets(ft, ["The Eiffel Tower is located in the city of"], ["Rome"])[0][0] > before
-    )
-    ftl, _ = finetune(smollm2, request, FTHparams(layer=4, linf_bound=5e-4))
-    change = np.asarray(
-        ftl.params["blocks"]["mlp"]["down"]["kernel"][4] - smollm2.params["blocks"]["mlp"]["down"]["kernel"][4]
-    )
-    assert 0 < np.abs(change).max() <= 5e-4 + 1e-7
+def test_generation_samples_top5_to_max_out_len_including_the_prompt(smollm2):
+    prompts = ["The Eiffel Tower is", "In the morning, the old fisherman walked down to the"]
+    rows = sample_to_length(smollm2, prompts, 20, seed=3)
+    tok = smollm2.tokenizer
+    for prompt, row in zip(prompts, rows, strict=True):
+        p = tok(prompt)["input_ids"]
+        assert len(row) == 20 and row[: len(p)] == p
+        logits = np.asarray(jrome.forward(smollm2, np.asarray([row], np.int32)).logits[0])
+        for pos in range(len(p), 20):  # each sampled token is among the 5 most likely
+            assert (logits[pos - 1] > logits[pos - 1, row[pos]]).sum() < 5
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    assert sample_to_length(smollm2, [long], 5) == [tok(long)["input_ids"]]
 
 
-def mean_from_file(path, when, metric):
+def test_ft_loss_reads_every_target_token_at_the_last_prompt_token(smollm2):
+    request = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Buenos Aires"}
+    _, losses = finetune(smollm2, request, FTHparams(layer=1, num_steps=1))
+    tok = smollm2.tokenizer
+    prompt, target = tok("The Eiffel Tower is located in the city of")["input_ids"], tok(" Buenos Aires")["input_ids"]
+    logits = np.asarray(jrome.forward(smollm2, np.asarray([prompt], np.int32)).logits[0, -1], np.float64)
+    log_probs = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    assert len(target) > 1 and losses[0] == pytest.approx(-log_probs[target].mean(), rel=1e-4)
+
+
+def test_ft_stops_at_the_first_loss_below_1e2_without_stepping(smollm2):
+    ft, losses = finetune(smollm2, EIFFEL, FTHparams(layer=1, lr=5e-3))
+    stop = int(np.argmax(losses < 1e-2))
+    assert losses[stop] < 1e-2 and (losses[:stop] >= 1e-2).all() and np.isnan(losses[stop + 1 :]).all() and stop < 24
+    (lp,), _ = score_targets(ft, ["The Eiffel Tower is located in the city of"], ["Rome"])
+    assert -lp == pytest.approx(losses[stop], rel=1e-3)  # the weights the last loss was read at
+
+
+def test_ft_tunes_kernel_and_bias_and_ft_l_keeps_both_within_the_bound(tiny_lm):
+    lm = tiny_lm("gpt2")  # GPT-2's MLP output projection has a bias, which the original tunes too
+    request = {"prompt": "{} is located in the city of", "subject": "the eiffel tower", "target_new": "rome"}
+    down = lm.params["blocks"]["mlp"]["down"]
+    for bound in (None, 1e-3):
+        new, losses = finetune(lm, request, FTHparams(layer=1, lr=1e-2, norm_constraint=bound))
+        new_down = new.params["blocks"]["mlp"]["down"]
+        for name in ("kernel", "bias"):
+            change = np.abs(np.asarray(new_down[name] - down[name]))
+            assert change[1].max() > 0 and change[[0, 2]].max() == 0
+            if bound is not None:
+                assert change[1].max() <= bound + 1e-7
+        assert losses[~np.isnan(losses)][-1] < losses[0]
+
+
+def test_ft_presets_are_the_originals():
+    def fields(name, family, method):
+        hp = ft_hparams_for(name, family, method)
+        return hp.layer, hp.num_steps, hp.lr, hp.weight_decay, hp.norm_constraint
+
+    # hparams/FT/gpt2-xl_unconstr.json, gpt2-xl_constr.json, gpt2-large_constr.json, gpt2-medium_constr.json,
+    # EleutherAI_gpt-j-6B_unconstr.json, EleutherAI_gpt-j-6B_constr.json
+    assert fields("gpt2-xl", "gpt2", "ft") == (1, 25, 5e-4, 0.0, None)
+    assert fields("openai-community/gpt2-xl", "gpt2", "ft-l") == (0, 25, 5e-4, 0.0, 5e-4)
+    assert fields("gpt2-large", "gpt2", "ft-l") == (0, 25, 5e-4, 0.0, 1e-3)
+    assert fields("gpt2-medium", "gpt2", "ft-l") == (0, 25, 5e-4, 0.0, 2e-3)
+    assert fields("EleutherAI/gpt-j-6B", "gptj", "ft") == (21, 25, 5e-4, 0.0, None)
+    assert fields("EleutherAI/gpt-j-6B", "gptj", "ft-l") == (0, 25, 5e-4, 0.0, 5e-5)
+    assert fields("smollm2", "llama", "ft") == (1, 25, 5e-4, 0.0, None)  # chosen by analogy with gpt2-xl
+    assert fields("smollm2", "llama", "ft-l") == (0, 25, 5e-4, 0.0, 5e-4)
+
+
+def mean_from_file(path, when, field):
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    return np.mean([r[when][metric] for r in records])
+    return np.mean([r[when][field] for r in records])
 
 
 @pytest.mark.parametrize("dataset", ["counterfact", "zsre"])
 def test_rome_runner_end_to_end(smollm2, tmp_path, dataset):
-    summary = run_eval(
-        smollm2, "rome", dataset, 3, tmp_path, hparams={"mom2_n_tokens": 20_000}, generation_tokens=10, progress=False
-    )
+    summary = run_eval(smollm2, "rome", dataset, 3, tmp_path, hparams={"mom2_n_tokens": 20_000}, progress=False)
     assert summary["n"] == 3 and (tmp_path / "summary.md").read_text().startswith("### rome on")
     saved = json.loads((tmp_path / "summary.json").read_text())
-    for metric, values in saved["metrics"].items():
-        for when, m in values.items():
-            assert m["mean"] == pytest.approx(mean_from_file(tmp_path / "cases.jsonl", when, metric))
-    first = "efficacy_score" if dataset == "counterfact" else "edit_accuracy"
-    assert saved["metrics"][first]["post"]["mean"] > saved["metrics"][first]["pre"]["mean"]
-    assert json.loads((tmp_path / "context.json").read_text())["rome"]["context_templates"][0] == "{}"
+    efficacy, parts = ("ES", ("ES", "PS", "NS")) if dataset == "counterfact" else ("efficacy", ("efficacy", "paraphrase", "specificity"))  # fmt: skip
+    field = {"ES": "efficacy_score", "efficacy": "edit_accuracy"}[efficacy]
+    assert saved["metrics"][efficacy]["post"]["mean"] == pytest.approx(
+        mean_from_file(tmp_path / "cases.jsonl", "post", field)
+    )
+    assert saved["metrics"][efficacy]["post"]["mean"] > saved["metrics"][efficacy]["pre"]["mean"]
+    means = [saved["metrics"][c]["post"]["mean"] for c in parts]
+    assert saved["metrics"]["S"]["post"]["mean"] == pytest.approx(
+        0 if min(means) == 0 else 3 / sum(1 / x for x in means)
+    )
+    context = json.loads((tmp_path / "context.json").read_text())
+    templates = context["hparams"]["context_templates"]
+    assert templates[0] == "{}" and len(templates) == 21 and saved["hparams"]["context_templates"] == templates
+    record = json.loads((tmp_path / "cases.jsonl").read_text().splitlines()[0])
+    if dataset == "counterfact":
+        assert set(record["post"]["nll"]) == {"rewrite", "paraphrase", "neighborhood"}
+        assert saved["notes"] == ["GE and RS not computed: these records have no generation_prompts (the original CounterFact format has them)"]  # fmt: skip
+    else:
+        assert len(record["post"]["correct"]["rewrite"]) == len(smollm2.tokenizer(" uniform")["input_ids"])
+
+
+def test_generation_metrics_of_original_format_records(smollm2, tmp_path, monkeypatch):
+    (tmp_path / "cf.json").write_text(json.dumps([ORIGINAL]))
+    monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path))
+    summary = run_eval(smollm2, "none", tmp_path / "cf.json", out=tmp_path / "a", max_out_len=24, progress=False)
+    assert "GE" in summary["metrics"] and "RS" not in summary["metrics"]
+    assert summary["notes"][0].startswith("RS not computed: attribute_snippets.json, idf.npy, tfidf_vocab.json not in")
+    (tmp_path / "tfidf_vocab.json").write_text(json.dumps({"tongue": 0, "speak": 1, "english": 2}))
+    np.save(tmp_path / "idf.npy", np.ones(3))
+    samples = [{"name": "X", "text": "English is the tongue they speak"}]
+    (tmp_path / "attribute_snippets.json").write_text(json.dumps([{"relation_id": "P103", "target_id": "Q1860", "samples": samples}]))  # fmt: skip
+    summary = run_eval(smollm2, "none", tmp_path / "cf.json", out=tmp_path / "b", max_out_len=24, progress=False)
+    record = json.loads((tmp_path / "b" / "cases.jsonl").read_text())
+    texts = record["pre"]["texts"]
+    assert [t[: len(p)] for t, p in zip(texts, ORIGINAL["generation_prompts"], strict=True)] == ORIGINAL[
+        "generation_prompts"
+    ]
+    assert summary["metrics"]["GE"]["pre"]["mean"] == pytest.approx(np.mean([ngram_entropy(t) for t in texts]))
+    assert 0 < summary["metrics"]["RS"]["pre"]["mean"] <= 1 + 1e-12 and summary["notes"] == []  # prompts: tongue, speak
+
+
+def test_each_method_prepares_only_its_own_context(smollm2, tmp_path, monkeypatch):
+    def no_rome(*args, **kwargs):
+        raise AssertionError("this method must not need ROME's templates or key statistics")
+
+    monkeypatch.setattr(methods, "key_statistics", no_rome)
+    monkeypatch.setattr(methods.rome, "context_templates", no_rome)
+    for name in ("none", "ft", "ft-l"):
+        run_eval(smollm2, name, "counterfact", 1, tmp_path / name, max_out_len=0, progress=False)
+    assert json.loads((tmp_path / "none" / "context.json").read_text())["hparams"] is None
+    assert json.loads((tmp_path / "ft-l" / "context.json").read_text())["hparams"] == {
+        "layer": 0, "num_steps": 25, "lr": 5e-4, "weight_decay": 0.0, "norm_constraint": 5e-4,
+    }  # fmt: skip
+
+
+def test_r_rome_and_memit_save_their_templates(smollm2, tmp_path):
+    summary = run_eval(smollm2, "r-rome", "counterfact", 1, tmp_path / "r", hparams={"mom2_n_tokens": 20_000}, progress=False)  # fmt: skip
+    assert summary["hparams"]["rrome"] is True and summary["metrics"]["ES"]["post"]["mean"] == 1.0
+    summary = run_eval(smollm2, "memit", "counterfact", 1, tmp_path / "m", hparams={"mom2_n_tokens": 20_000}, progress=False)  # fmt: skip
+    templates = json.loads((tmp_path / "m" / "context.json").read_text())["hparams"]["context_templates"]
+    assert templates[0] == "{}" and len(templates) == 6 and summary["hparams"]["context_templates"] == templates
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_path, monkeypatch):
-    run_eval(smollm2, "ft", "counterfact", 3, tmp_path, generation_tokens=0, progress=False)
+    run_eval(smollm2, "ft", "counterfact", 3, tmp_path, max_out_len=0, progress=False)
     lines = (tmp_path / "cases.jsonl").read_text().splitlines()
     (tmp_path / "cases.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
     calls = []
-    real = runner.METHODS["ft"]
-    monkeypatch.setitem(runner.METHODS, "ft", lambda lm, case, ctx: calls.append(case.case_id) or real(lm, case, ctx))
-    summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, generation_tokens=0, progress=False)
+    real = methods.METHODS["ft"]
+
+    class Counting:
+        name = "ft"
+        prepare = real.prepare
+
+        def apply(self, lm, case, ctx):
+            calls.append(case.case_id)
+            return real.apply(lm, case, ctx)
+
+    monkeypatch.setitem(methods.METHODS, "ft", Counting())
+    summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, max_out_len=0, progress=False)
     assert calls == [json.loads(lines[2])["case_id"]] and summary["n"] == 3
+    with pytest.raises(ValueError, match=r"was started with other hyperparameters than \{'layer': 3\}"):
+        run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams={"layer": 3}, progress=False)
+    with pytest.raises(ValueError, match="holds a run of 'ft' on 'smollm2', not 'ft-l' on 'smollm2'"):
+        run_eval(smollm2, "ft-l", "counterfact", 3, tmp_path, progress=False)
 
 
 def test_bad_input(smollm2, tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'wikidata'; known datasets: counterfact, zsre"):
         run_eval(smollm2, "none", "wikidata", 1, progress=False)
-    with pytest.raises(ValueError, match="unknown method 'memit2'; known methods: none, rome, ft, ft-l, memit"):
+    with pytest.raises(ValueError, match="unknown method 'memit2'; known methods: none, rome, r-rome, ft, ft-l, memit"):
         run_eval(smollm2, "memit2", "counterfact", 1, progress=False)
+    with pytest.raises(ValueError, match=r"method 'none' takes no hyperparameters; got \['layer'\]"):
+        run_eval(smollm2, "none", "counterfact", 1, hparams={"layer": 3}, progress=False)
+    with pytest.raises(ValueError, match=r"unknown FT hyperparameters \['mom2_n_tokens'\]; known: layer, lr"):
+        run_eval(smollm2, "ft", "counterfact", 1, hparams={"mom2_n_tokens": 5}, progress=False)
+    with pytest.raises(ValueError, match="max_out_len must be 0"):
+        run_eval(smollm2, "none", "counterfact", 1, max_out_len=-1, progress=False)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "context.json").write_text(json.dumps({"method": "rome", "model": "smollm2", "rome": {}}))
+    with pytest.raises(ValueError, match="is not a run context of this jrome"):
+        run_eval(smollm2, "rome", "counterfact", 1, tmp_path / "old", progress=False)
     bad = dict(ORIGINAL, requested_rewrite={k: v for k, v in ORIGINAL["requested_rewrite"].items() if k != "subject"})
     (tmp_path / "bad.json").write_text(json.dumps([ORIGINAL, bad]))
     with pytest.raises(ValueError, match="record 1 is malformed: it has no field 'subject'"):
         run_eval(smollm2, "none", tmp_path / "bad.json", 1, progress=False)
     with pytest.raises(ValueError, match="record 0 is malformed: it has no field 'loc_ans'"):
-        parse_zsre([{"subject": "a", "src": "a?", "alt": "b", "answers": ["c"], "rephrase": "a", "loc": "q"}])
+        parse_zsre([{k: v for k, v in ZSRE.items() if k != "loc_ans"}])
+    with pytest.raises(ValueError, match=r"record 0 is malformed: answers must be a non-empty list, got \[\]"):
+        parse_zsre([ZSRE | {"answers": []}])
+    with pytest.raises(ValueError, match="norm_constraint must be positive or None"):
+        FTHparams(layer=0, norm_constraint=0.0)
 
 
 def test_n_larger_than_the_dataset_runs_what_there_is(smollm2, tmp_path, capsys):
     (tmp_path / "two.json").write_text(json.dumps([ORIGINAL, dict(ORIGINAL, case_id=8)]))
-    summary = run_eval(smollm2, "none", tmp_path / "two.json", 5, generation_tokens=0, progress=False)
+    summary = run_eval(smollm2, "none", tmp_path / "two.json", 5, max_out_len=0, progress=False)
     assert summary["n"] == 2 and "n=5 is larger than the dataset (2 cases); running all 2" in capsys.readouterr().out

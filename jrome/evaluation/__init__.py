@@ -1,10 +1,15 @@
-"""Evaluating edits: datasets, the paper's metrics, the methods compared, and a resumable runner."""
+"""Evaluating edits as the original's evaluation code does: datasets, metrics, methods, and a resumable runner."""
 
+from .consistency import Vectorizer, load_references, tfidf_similarity
 from .datasets import DATASETS, EditCase, load_dataset
-from .metrics import counterfact_scores, ngram_entropy, score_targets, tfidf_similarity, zsre_scores
-from .runner import METHODS, markdown_table, run_eval, summarise
+from .fluency import generate_texts, generation_entropy, ngram_entropy
+from .methods import METHODS, Method
+from .metrics import counterfact_nlls, counterfact_scores, score_targets, zsre_correct, zsre_scores
+from .runner import markdown_table, run_eval, summarise
+from .words import word_tokenize
 
 __all__ = [
-    "DATASETS", "METHODS", "EditCase", "counterfact_scores", "load_dataset", "markdown_table", "ngram_entropy",
-    "run_eval", "score_targets", "summarise", "tfidf_similarity", "zsre_scores",
+    "DATASETS", "METHODS", "EditCase", "Method", "Vectorizer", "counterfact_nlls", "counterfact_scores",
+    "generate_texts", "generation_entropy", "load_dataset", "load_references", "markdown_table", "ngram_entropy",
+    "run_eval", "score_targets", "summarise", "tfidf_similarity", "word_tokenize", "zsre_correct", "zsre_scores",
 ]  # fmt: skip

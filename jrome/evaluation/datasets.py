@@ -36,12 +36,13 @@ class EditCase:
     case_id: int
     dataset: str
     request: Request
-    target_true: str
+    target_true: str | None  # the object the edit replaces (zsRE: None, the original does not score it)
     paraphrase_prompts: tuple[str, ...]
     neighborhood_prompts: tuple[str, ...]
     neighborhood_answers: tuple[str, ...]  # the answer each neighbourhood prompt should keep
     generation_prompts: tuple[str, ...] = ()
-    reference_texts: tuple[str, ...] = ()  # texts about the new object, for the reference (consistency) score
+    relation_id: str | None = None  # with target_new_id: which attribute snippets are the reference texts (RS)
+    target_new_id: str | None = None
 
 
 def _need(record: dict, fields: tuple[str, ...], index: int, source: str) -> None:
@@ -50,22 +51,25 @@ def _need(record: dict, fields: tuple[str, ...], index: int, source: str) -> Non
         raise ValueError(f"{source} record {index} is malformed: it has no field {missing[0]!r}")
 
 
-def _strip(answer: Any) -> str:
-    return (answer["str"] if isinstance(answer, dict) else str(answer)).strip()
+def _text(answer: Any) -> str:
+    return answer["str"] if isinstance(answer, dict) else str(answer)
 
 
 def parse_counterfact(records: list[dict], source: str = "CounterFact") -> list[EditCase]:
-    """CounterFact in the original ROME format (requested_rewrite, ...) or the compact one (prompt, subject, ...)."""
+    """CounterFact in the original ROME format (requested_rewrite, ...) or the compact one (prompt, subject, ...).
+
+    Only the original format has generation prompts (for GE and RS) and the relation and object ids that
+    pick the reference snippets; the compact one has one paraphrase and one neighbour per case.
+    """
     cases = []
     for i, r in enumerate(records):
         if "requested_rewrite" in r:
             _need(r, ("case_id", "paraphrase_prompts", "neighborhood_prompts"), i, source)
             rw = r["requested_rewrite"]
             _need(rw, ("prompt", "subject", "target_new", "target_true"), i, source + " requested_rewrite")
-            true = _strip(rw["target_true"])
-            request = Request.parse(
-                {"prompt": rw["prompt"], "subject": rw["subject"], "target_new": _strip(rw["target_new"])}
-            )
+            true = _text(rw["target_true"])
+            new = rw["target_new"]
+            request = Request.parse({"prompt": rw["prompt"], "subject": rw["subject"], "target_new": _text(new)})
             cases.append(
                 EditCase(
                     case_id=int(r["case_id"]),
@@ -76,7 +80,8 @@ def parse_counterfact(records: list[dict], source: str = "CounterFact") -> list[
                     neighborhood_prompts=tuple(r["neighborhood_prompts"]),
                     neighborhood_answers=(true,) * len(r["neighborhood_prompts"]),
                     generation_prompts=tuple(r.get("generation_prompts", ())),
-                    reference_texts=tuple(r.get("reference_texts", ())),
+                    relation_id=rw.get("relation_id"),
+                    target_new_id=new.get("id") if isinstance(new, dict) else None,
                 )
             )
         else:
@@ -91,9 +96,9 @@ def parse_counterfact(records: list[dict], source: str = "CounterFact") -> list[
             )
             _need(r, fields, i, source)
             request = Request.parse(
-                {"prompt": r["prompt"], "subject": r["subject"], "target_new": _strip(r["target_new"])}
+                {"prompt": r["prompt"], "subject": r["subject"], "target_new": _text(r["target_new"])}
             )
-            true = _strip(r["ground_truth"])
+            true = _text(r["ground_truth"])
             cases.append(
                 EditCase(
                     case_id=int(r["case_id"]),
@@ -102,30 +107,34 @@ def parse_counterfact(records: list[dict], source: str = "CounterFact") -> list[
                     target_true=true,
                     paraphrase_prompts=(r["rephrase_prompt"],),
                     neighborhood_prompts=(r["locality_prompt"],),
-                    neighborhood_answers=(_strip(r.get("locality_ground_truth", true)),),
-                    generation_prompts=(request.text, r["rephrase_prompt"]),
+                    neighborhood_answers=(_text(r.get("locality_ground_truth", true)),),
                 )
             )
     return cases
 
 
 def parse_zsre(records: list[dict], source: str = "zsRE") -> list[EditCase]:
-    """zsRE in MEND's format: src (question), subject, alt (new answer), answers, rephrase, loc, loc_ans."""
+    """zsRE in MEND's format (src, subject, answers, rephrase, loc, loc_ans), read as the original's MENDQADataset:
+    the edit makes answers[0] the answer to src; the neighbourhood prompt is loc + "?", answered by loc_ans."""
     cases = []
     for i, r in enumerate(records):
-        _need(r, ("subject", "src", "alt", "answers", "rephrase", "loc", "loc_ans"), i, source)
+        _need(r, ("subject", "src", "answers", "rephrase", "loc", "loc_ans"), i, source)
         if r["subject"] not in r["src"]:
             raise ValueError(f"{source} record {i} is malformed: subject {r['subject']!r} is not in src {r['src']!r}")
-        request = Request.parse({"prompt": r["src"], "subject": r["subject"], "target_new": _strip(r["alt"])})
+        if not isinstance(r["answers"], list) or not r["answers"]:
+            raise ValueError(
+                f"{source} record {i} is malformed: answers must be a non-empty list, got {r['answers']!r}"
+            )
+        request = Request.parse({"prompt": r["src"], "subject": r["subject"], "target_new": _text(r["answers"][0])})
         cases.append(
             EditCase(
                 case_id=int(r.get("case_id", i)),
                 dataset="zsre",
                 request=request,
-                target_true=_strip(r["answers"][0]) if r["answers"] else "",
+                target_true=None,
                 paraphrase_prompts=(r["rephrase"],),
                 neighborhood_prompts=(r["loc"] + "?",),
-                neighborhood_answers=(_strip(r["loc_ans"]),),
+                neighborhood_answers=(_text(r["loc_ans"]),),
             )
         )
     return cases

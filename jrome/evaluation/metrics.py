@@ -1,15 +1,14 @@
-"""The paper's metrics: CounterFact efficacy, paraphrase and neighbourhood scores and magnitudes, fluency
-(n-gram entropy of generations), consistency (TF-IDF reference score), and zsRE token accuracies.
+"""The paper's probability metrics, as the original's evaluation code computes them.
 
-Targets are scored with teacher forcing in padded batches inside jit: one forward per batch of
-(prompt, target) pairs, with logits computed only at the target positions.
+CounterFact (`eval_utils_counterfact.test_batch_prediction`): the NLL of " target_new" and of " target_true"
+after each prompt, as the mean over the target's tokens of -log p (teacher forcing). zsRE
+(`eval_utils_zsre`): whether each token of the answer is the argmax after the prompt and the answer's
+earlier tokens. Per-case scores follow `summarize.py`. Targets are scored in padded batches inside jit: one
+forward per batch of (prompt, target) pairs, with logits computed only at the target positions.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 
@@ -21,149 +20,127 @@ from ..interventions import Interventions
 from ..models.config import ModelConfig
 from ..models.forward import forward_tokens
 from ..models.lm import LM
-from ..tokens import pad_id
+from ..tokens import pad_id, padded_width
 
 BATCH = 16
+GROUPS = ("rewrite", "paraphrase", "neighborhood")  # the original's prompt groups, in its order
 
 
-def _bucket(n: int, step: int = 8) -> int:
-    return -(-n // step) * step
-
-
-def target_totals(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """From logits [B, P, V] at the target slots: per row, the sum of the targets' log-probs and the number of
-    targets that are the argmax (teacher-forced token accuracy), counting only valid slots."""
+def target_token_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """From logits [B, P, V] at the target slots and the targets [B, P]: each target's log-prob, and whether it
+    is the argmax (teacher-forced token accuracy)."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    hits = jnp.argmax(logits, axis=-1) == targets
-    return jnp.sum(jnp.where(valid, picked, 0.0), axis=1), jnp.sum(hits & valid, axis=1)
+    return picked, jnp.argmax(logits, axis=-1) == targets
 
 
 @partial(jax.jit, static_argnums=0)
-def _target_scores(cfg: ModelConfig, params: dict, ids, mask, cols, targets, valid):
-    return target_totals(forward_tokens(cfg, params, ids, mask, Interventions(), cols).logits, targets, valid)
+def _token_scores(cfg: ModelConfig, params: dict, ids, mask, cols, targets):
+    return target_token_scores(forward_tokens(cfg, params, ids, mask, Interventions(), cols).logits, targets)
 
 
 def target_ids(lm: LM, target: str) -> list[int]:
-    """Token ids of an answer as it follows a prompt (with one leading space)."""
-    return lm.tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    """Token ids of an answer as it follows a prompt: f" {target}", as the original tokenises it."""
+    ids = lm.tokenizer(f" {target}", add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenises to nothing")
+    return ids
 
 
-def score_targets(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean token log-prob of each target after its prompt, fraction of its tokens predicted by argmax).
+def token_scores(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per (prompt, target) pair: each target token's log-prob and whether it is the argmax, given the prompt
+    and the target's earlier tokens (prompt and target tokenised apart; the original reads the target's own
+    tokens after the prompt's, see docs/evaluation.md).
 
     Batches are padded to multiples of 8 tokens and of BATCH rows, so repeated calls reuse compiled code.
     """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    rows, answers = [], []
-    for prompt, target in zip(prompts, targets, strict=True):
-        t = target_ids(lm, target)
-        if not t:
-            raise ValueError(f"target {target!r} tokenises to nothing")
-        rows.append(lm.tokenizer(prompt)["input_ids"] + t[:-1])
-        answers.append(t)
-    mean_lp, acc = np.zeros(len(rows)), np.zeros(len(rows))
+    answers = [target_ids(lm, t) for t in targets]
+    rows = [lm.tokenizer(p)["input_ids"] + a[:-1] for p, a in zip(prompts, answers, strict=True)]
+    log_probs: list[np.ndarray] = []
+    hits: list[np.ndarray] = []
     pad = pad_id(lm.tokenizer)
     for start in range(0, len(rows), BATCH):
         chunk, ans = rows[start : start + BATCH], answers[start : start + BATCH]
-        width, n_out = _bucket(max(map(len, chunk))), _bucket(max(map(len, ans)), 4)
+        width, n_out = padded_width(max(map(len, chunk)), 8), padded_width(max(map(len, ans)), 4)
         ids = np.full((BATCH, width), pad, np.int32)
         mask = np.zeros((BATCH, width), np.int32)
         cols = np.full((BATCH, n_out), width - 1, np.int32)
         tgt = np.zeros((BATCH, n_out), np.int32)
-        valid = np.zeros((BATCH, n_out), bool)
         for i, (r, a) in enumerate(zip(chunk, ans, strict=True)):
             ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
             cols[i, : len(a)] = np.arange(width - len(a), width)
-            tgt[i, : len(a)], valid[i, : len(a)] = a, True
-        total, hits = _target_scores(lm.config, lm.params, ids, mask, cols, tgt, valid)
-        n = np.asarray([len(a) for a in ans])
-        mean_lp[start : start + len(chunk)] = np.asarray(total)[: len(chunk)] / n
-        acc[start : start + len(chunk)] = np.asarray(hits)[: len(chunk)] / n
-    return mean_lp, acc
+            tgt[i, : len(a)] = a
+        picked, argmax_hits = (np.asarray(x) for x in _token_scores(lm.config, lm.params, ids, mask, cols, tgt))
+        log_probs += [picked[i, : len(a)].astype(np.float64) for i, a in enumerate(ans)]
+        hits += [argmax_hits[i, : len(a)] for i, a in enumerate(ans)]
+    return log_probs, hits
 
 
-def compare(new_lp: np.ndarray, true_lp: np.ndarray) -> tuple[float, float]:
-    """(fraction of prompts where the new object is more likely, mean P(new) - P(true)); P = exp(mean log-prob)."""
-    return float(np.mean(new_lp > true_lp)), float(np.mean(np.exp(new_lp) - np.exp(true_lp)))
+def score_targets(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean token log-prob of each target after its prompt, fraction of its tokens predicted by argmax)."""
+    log_probs, hits = token_scores(lm, prompts, targets)
+    return np.array([lp.mean() for lp in log_probs]), np.array([h.mean() for h in hits])
 
 
-def counterfact_scores(lm: LM, case) -> dict[str, float]:
-    """Efficacy, paraphrase and neighbourhood scores and magnitudes for one case, from one batched scoring."""
-    groups = {
-        "efficacy": [case.request.text],
-        "paraphrase": list(case.paraphrase_prompts),
-        "neighborhood": list(case.neighborhood_prompts),
-    }
-    prompts, news, trues = [], [], []
-    for name, ps in groups.items():
-        for i, p in enumerate(ps):
-            true = case.neighborhood_answers[i] if name == "neighborhood" else case.target_true
-            prompts += [p, p]
-            news.append(case.request.target_new)
-            trues.append(true)
-    targets = [t for pair in zip(news, trues, strict=True) for t in pair]
-    lp, _ = score_targets(lm, prompts, targets)
-    new_lp, true_lp = lp[0::2], lp[1::2]
-    out, at = {}, 0
-    for name, ps in groups.items():
-        n, p = len(ps), slice(at, at + len(ps))
-        at += n
-        if not n:
+def counterfact_nlls(lm: LM, case) -> dict[str, list[dict[str, float]]]:
+    """The original's test_batch_prediction for one case: per group (rewrite, paraphrase, neighbourhood) and
+    prompt, the mean NLL of the new and of the true object, from one batched scoring."""
+    prompts = {"rewrite": [case.request.text], "paraphrase": case.paraphrase_prompts}
+    prompts["neighborhood"] = case.neighborhood_prompts
+    flat_prompts, flat_targets = [], []
+    for group in GROUPS:
+        for i, prompt in enumerate(prompts[group]):
+            true = case.neighborhood_answers[i] if group == "neighborhood" else case.target_true
+            flat_prompts += [prompt, prompt]
+            flat_targets += [case.request.target_new, true]
+    mean_lp, _ = score_targets(lm, flat_prompts, flat_targets)
+    nll = iter(-mean_lp)
+    return {g: [{"target_new": float(next(nll)), "target_true": float(next(nll))} for _ in prompts[g]] for g in GROUPS}
+
+
+def counterfact_case_scores(nlls: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """summarize.py's per-case step: per group, the share of prompts where the new object has the strictly lower
+    NLL (neighbourhood: the true one), and the mean of exp(-NLL_new) - exp(-NLL_true) (neighbourhood: reversed)."""
+    names = {"rewrite": "efficacy", "paraphrase": "paraphrase", "neighborhood": "neighborhood"}
+    out = {}
+    for group, name in names.items():
+        pairs = nlls.get(group) or []
+        if not pairs:
             continue
-        if name == "neighborhood":
-            score, magnitude = compare(true_lp[p], new_lp[p])
+        new = np.array([p["target_new"] for p in pairs])
+        true = np.array([p["target_true"] for p in pairs])
+        if group == "neighborhood":
+            wins, gap = true < new, np.exp(-true) - np.exp(-new)
         else:
-            score, magnitude = compare(new_lp[p], true_lp[p])
-        out[f"{name}_score"], out[f"{name}_magnitude"] = score, magnitude
+            wins, gap = true > new, np.exp(-new) - np.exp(-true)
+        out[f"{name}_score"], out[f"{name}_magnitude"] = float(np.mean(wins)), float(np.mean(gap))
     return out
 
 
-def zsre_scores(lm: LM, case) -> dict[str, float]:
-    """zsRE token accuracy of the new answer on the question and its paraphrase, and of the unrelated answer."""
+def counterfact_scores(lm: LM, case) -> dict[str, float]:
+    """Efficacy, paraphrase and neighbourhood scores and magnitudes of one case."""
+    return counterfact_case_scores(counterfact_nlls(lm, case))
+
+
+def zsre_correct(lm: LM, case) -> dict[str, list[bool]]:
+    """The original's zsRE check for one case: for each token of the new answer after the question and after its
+    paraphrases, and of loc_ans after the neighbourhood question, whether it is the argmax (teacher forcing)."""
     prompts = [case.request.text, *case.paraphrase_prompts, *case.neighborhood_prompts]
     targets = [case.request.target_new] * (1 + len(case.paraphrase_prompts)) + list(case.neighborhood_answers)
-    _, acc = score_targets(lm, prompts, targets)
+    _, hits = token_scores(lm, prompts, targets)
     n_para = len(case.paraphrase_prompts)
-    return {
-        "edit_accuracy": float(acc[0]),
-        "paraphrase_accuracy": float(np.mean(acc[1 : 1 + n_para])),
-        "specificity": float(np.mean(acc[1 + n_para :])),
-    }
+    flat = [[bool(x) for h in part for x in h] for part in (hits[:1], hits[1 : 1 + n_para], hits[1 + n_para :])]
+    return dict(zip(GROUPS, flat, strict=True))
 
 
-WORDS = re.compile(r"\w+|[^\w\s]")
+def zsre_case_scores(correct: dict[str, list[bool]]) -> dict[str, float]:
+    """summarize.py's per-case step for zsRE: the mean token accuracy of each group."""
+    names = {"rewrite": "edit_accuracy", "paraphrase": "paraphrase_accuracy", "neighborhood": "neighborhood_accuracy"}
+    return {names[g]: float(np.mean(correct[g])) for g in GROUPS if correct.get(g)}
 
 
-def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
-    """Fluency: weighted mean of the bi- and tri-gram entropies (bits) of a text's words, as in the paper."""
-    words = WORDS.findall(text.lower())
-    entropies = []
-    for n, w in zip(ns, weights, strict=True):
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        total = sum(grams.values())
-        h = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
-        entropies.append(w * h)
-    return float(np.mean(entropies))
-
-
-def tfidf_similarity(texts: Sequence[str], references: Sequence[str]) -> float:
-    """Consistency: cosine similarity of the TF-IDF vectors of the generated texts and the reference texts.
-
-    The inverse document frequencies come from the documents being compared (every text and reference).
-    """
-    docs = [Counter(WORDS.findall(t.lower())) for t in [*texts, *references]]
-    df = Counter(word for d in docs for word in d)
-    idf = {w: math.log((1 + len(docs)) / (1 + n)) + 1 for w, n in df.items()}
-
-    def vector(counters: Sequence[Counter]) -> dict[str, float]:
-        total: Counter = Counter()
-        for c in counters:
-            total.update(c)
-        v = {w: n * idf[w] for w, n in total.items()}
-        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
-        return {w: x / norm for w, x in v.items()}
-
-    a, b = vector(docs[: len(texts)]), vector(docs[len(texts) :])
-    return float(sum(x * b.get(w, 0.0) for w, x in a.items()))
+def zsre_scores(lm: LM, case) -> dict[str, float]:
+    """zsRE token accuracy of the new answer on the question and its paraphrase, and of loc_ans on loc."""
+    return zsre_case_scores(zsre_correct(lm, case))

@@ -1,8 +1,8 @@
-"""The evaluation runner: edit each case from the unedited model, score it before and after, append the
-result, and summarise. Interrupted runs resume where they stopped (finished cases are read back, not redone).
+"""The evaluation runner, as the original's `evaluate.py` and `summarize.py`: edit each case from the unedited
+model, score it before and after, append the per-case record, and summarise per-case means over the cases.
 
-Methods share one signature, `method(lm, case, context) -> edited LM`, so a new method is one function in
-METHODS. Edits are pure, so "restoring" the model between cases is keeping the original value.
+Interrupted runs resume where they stopped: finished cases are read back, not redone, and the method's
+context (hyperparameters, context templates) is read from the run's context.json.
 """
 
 from __future__ import annotations
@@ -12,85 +12,99 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..editing import KeyStats, MemitHparams, RomeHparams, edit, hparams_for, key_statistics, memit
-from ..editing.baselines import FTHparams, finetune
-from ..editing.rome import context_templates
-from ..generation import generate
 from ..io import atomic_write_text
 from ..models.lm import LM
+from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
-from .metrics import counterfact_scores, ngram_entropy, tfidf_similarity, zsre_scores
+from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
+from .methods import METHODS
+from .metrics import counterfact_case_scores, counterfact_nlls, zsre_case_scores, zsre_correct
+
+# Summary columns named as in the paper, and the per-case field each averages.
+COLUMNS = {
+    "counterfact": {
+        "ES": "efficacy_score", "PS": "paraphrase_score", "NS": "neighborhood_score", "EM": "efficacy_magnitude",
+        "PM": "paraphrase_magnitude", "NM": "neighborhood_magnitude", "GE": "generation_entropy",
+        "RS": "reference_score",
+    },
+    "zsre": {"efficacy": "edit_accuracy", "paraphrase": "paraphrase_accuracy", "specificity": "neighborhood_accuracy"},
+}  # fmt: skip
+SCORE_PARTS = {"counterfact": ("ES", "PS", "NS"), "zsre": ("efficacy", "paraphrase", "specificity")}
 
 
-@dataclasses.dataclass
-class MethodContext:
-    """What methods need besides the model and the case, prepared once per run."""
-
-    rome: RomeHparams
-    stats: KeyStats | None
-    ft: FTHparams
-    ftl: FTHparams
-    memit: MemitHparams | None = None
-    memit_stats: dict[int, KeyStats] | None = None
-
-
-Method = Callable[[LM, EditCase, MethodContext], LM]
-
-
-def _rome(lm: LM, case: EditCase, ctx: MethodContext) -> LM:
-    return edit(lm, case.request, ctx.rome, stats=ctx.stats)[0]
-
-
-METHODS: dict[str, Method] = {
-    "none": lambda lm, case, ctx: lm,
-    "rome": _rome,
-    "ft": lambda lm, case, ctx: finetune(lm, case.request, ctx.ft)[0],
-    "ft-l": lambda lm, case, ctx: finetune(lm, case.request, ctx.ftl)[0],
-    "memit": lambda lm, case, ctx: memit.edit(lm, case.request, ctx.memit, ctx.memit_stats)[0],
-}
-
-
-def prepare(lm: LM, method: str, out: Path | None, hparams: dict | None, seed: int) -> MethodContext:
-    """Hyperparameters, context templates (generated once, saved with the run so a resumed run reuses them), stats."""
-    hp = hparams_for(lm.name, lm.config.family).override(**(hparams or {}))
-    if hp.layer is None:
-        raise ValueError(f"no editing layer for {lm.name!r}: pass hparams={{'layer': N}}")
-    saved = out / "context.json" if out is not None else None
-    if saved is not None and saved.is_file():
-        hp = RomeHparams.from_dict(json.loads(saved.read_text())["rome"])
-    elif method in ("rome", "memit"):
-        hp = hp.override(context_templates=list(context_templates(lm, hp, seed)))
-    if saved is not None and not saved.is_file():
-        atomic_write_text(saved, json.dumps({"method": method, "model": lm.name, "rome": hp.to_dict()}, indent=2))
-    stats = None
-    if method == "rome" and hp.mom2_adjustment:
-        stats = key_statistics(lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens)[hp.layer]
-    ctx = MethodContext(hp, stats, FTHparams(hp.layer), FTHparams(hp.layer, linf_bound=5e-4))
-    if method == "memit":
-        mhp = hparams_for(lm.name, lm.config.family, "memit").override(
-            context_templates=list(hp.context_templates or context_templates(lm, hp, seed))
-        )
-        ctx.memit, ctx.memit_stats = mhp, key_statistics(lm, mhp.layers, mhp.mom2_corpus, mhp.mom2_n_tokens)
-    return ctx
-
-
-def score_case(lm: LM, case: EditCase, generation_tokens: int, seed: int) -> dict[str, float]:
-    """Every metric the case's dataset defines, for this model."""
+def score_case(lm: LM, case: EditCase, max_out_len: int, seed: int, references: References | None) -> dict[str, Any]:
+    """Every metric the case's dataset defines for this model, with the raw numbers they come from (NLLs or
+    token hits, generated texts)."""
     if case.dataset == "zsre":
-        return zsre_scores(lm, case)
-    scores = counterfact_scores(lm, case)
-    if generation_tokens and case.generation_prompts:
-        texts = generate(lm, list(case.generation_prompts), generation_tokens, temperature=1.0, top_k=5, seed=seed)
-        scores["generation_entropy"] = float(np.mean([ngram_entropy(t) for t in texts]))
-        if case.reference_texts:
-            scores["reference_score"] = tfidf_similarity(texts, case.reference_texts)
-    return scores
+        correct = zsre_correct(lm, case)
+        return {"correct": correct, **zsre_case_scores(correct)}
+    nlls = counterfact_nlls(lm, case)
+    out: dict[str, Any] = {"nll": nlls, **counterfact_case_scores(nlls)}
+    if max_out_len and case.generation_prompts:
+        case_seed = int(np.random.SeedSequence([seed, case.case_id]).generate_state(1)[0])
+        texts = generate_texts(lm, case.generation_prompts, max_out_len, seed=case_seed)
+        out["texts"] = texts
+        out["generation_entropy"] = generation_entropy(texts)
+        if references is not None:
+            out["reference_score"] = references.score(texts, case.relation_id, case.target_new_id)
+    return out
+
+
+def harmonic_mean(values: list[float]) -> float:
+    """scipy's hmean for non-negative values: 0 if any is 0."""
+    return 0.0 if min(values) == 0 else len(values) / sum(1 / v for v in values)
+
+
+def summarise(records: list[dict], dataset: str) -> dict[str, Any]:
+    """summarize.py: each column's mean over cases of the per-case values, with a 95% interval (normal
+    approximation), before and after; S is the harmonic mean of the three success rates' means."""
+    if dataset not in COLUMNS:
+        raise ValueError(f"unknown dataset kind {dataset!r}; known: {', '.join(COLUMNS)}")
+    metrics: dict[str, dict] = {}
+    for when in ("pre", "post"):
+        for column, field in COLUMNS[dataset].items():
+            values = np.array([r[when][field] for r in records if field in r[when]], np.float64)
+            if not len(values):
+                continue
+            half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+            metrics.setdefault(column, {})[when] = {"mean": float(values.mean()), "ci95": half, "n": len(values)}
+        parts = [metrics.get(c, {}).get(when) for c in SCORE_PARTS[dataset]]
+        if all(parts):
+            s = harmonic_mean([p["mean"] for p in parts])
+            metrics.setdefault("S", {})[when] = {"mean": s, "ci95": None, "n": len(records)}
+    order = ["S", *COLUMNS[dataset]]
+    out: dict[str, Any] = {"n": len(records), "metrics": {c: metrics[c] for c in order if c in metrics}}
+    for key in ("edit", "score"):
+        out[f"seconds_{key}"] = float(np.mean([r["seconds"][key] for r in records])) if records else float("nan")
+    return out
+
+
+def markdown_table(summary: dict[str, Any], title: str) -> str:
+    """The summary as a Markdown table: column | before | after, as mean ± 95% interval times 100 (the paper's
+    tables scale every column by 100, GE included)."""
+
+    def cell(m: dict | None) -> str:
+        if m is None:
+            return "–"
+        return f"{100 * m['mean']:.1f}" + ("" if m["ci95"] is None else f" ± {100 * m['ci95']:.1f}")
+
+    lines = [
+        f"### {title}",
+        "",
+        f"{summary['n']} cases; values × 100",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+    ]
+    for metric, values in summary["metrics"].items():
+        lines.append(f"| {metric} | {cell(values.get('pre'))} | {cell(values.get('post'))} |")
+    lines += [f"\n{note}" for note in summary.get("notes", [])]
+    return "\n".join(lines) + "\n"
 
 
 def _read_done(path: Path) -> dict[int, dict]:
@@ -105,29 +119,22 @@ def _read_done(path: Path) -> dict[int, dict]:
     return done
 
 
-def summarise(records: list[dict]) -> dict[str, Any]:
-    """Mean and 95% interval (normal approximation) of every metric, before and after the edit."""
-    out: dict[str, Any] = {"n": len(records), "metrics": {}}
-    for when in ("pre", "post"):
-        for metric in sorted({m for r in records for m in r[when]}):
-            values = np.array([r[when][metric] for r in records if metric in r[when]], np.float64)
-            half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-            out["metrics"].setdefault(metric, {})[when] = {"mean": float(values.mean()), "ci95": half, "n": len(values)}
-    for key in ("edit", "score"):
-        out[f"seconds_{key}"] = float(np.mean([r["seconds"][key] for r in records])) if records else float("nan")
-    return out
-
-
-def markdown_table(summary: dict[str, Any], title: str) -> str:
-    """The summary as a Markdown table: metric | before | after (mean ± 95% interval)."""
-
-    def cell(m: dict | None) -> str:
-        return "–" if m is None else f"{m['mean']:.3f} ± {m['ci95']:.3f}"
-
-    lines = [f"### {title}", "", f"{summary['n']} cases", "", "| metric | before | after |", "|---|---|---|"]
-    for metric, values in summary["metrics"].items():
-        lines.append(f"| {metric} | {cell(values.get('pre'))} | {cell(values.get('post'))} |")
-    return "\n".join(lines) + "\n"
+def _generation_setup(cases: list[EditCase], max_out_len: int) -> tuple[References | None, list[str]]:
+    """The reference texts for RS if this run computes it, and notes on what generation metrics are skipped."""
+    if not cases or cases[0].dataset != "counterfact":
+        return None, []
+    if not max_out_len:
+        return None, ["GE and RS not computed: max_out_len=0"]
+    if not any(c.generation_prompts for c in cases):
+        return None, [
+            "GE and RS not computed: these records have no generation_prompts (the original CounterFact format has them)"
+        ]
+    if not all(c.relation_id and c.target_new_id for c in cases):
+        return None, ["RS not computed: these records have no requested_rewrite.relation_id or target_new.id"]
+    try:
+        return load_references(), []
+    except FileNotFoundError as err:
+        return None, [f"RS not computed: {err}"]
 
 
 def run_eval(
@@ -138,23 +145,31 @@ def run_eval(
     out: str | os.PathLike | None = None,
     *,
     hparams: dict | None = None,
-    generation_tokens: int = 50,
+    max_out_len: int = MAX_OUT_LEN,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate `method` on the first n cases of `dataset`; per-case results go to out/cases.jsonl as they finish."""
+    """Evaluate `method` on the first n cases of `dataset`; per-case results go to out/cases.jsonl as they finish.
+
+    max_out_len: tokens of each generation, prompt included (the original's 100); 0 skips GE and RS.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    if max_out_len < 0:
+        raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
     cases = load_dataset(dataset)
-    note = None
+    notes = []
     if n is not None and n > len(cases):
-        note = f"n={n} is larger than the dataset ({len(cases)} cases); running all {len(cases)}"
-        print(note)
+        notes.append(f"n={n} is larger than the dataset ({len(cases)} cases); running all {len(cases)}")
+        print(notes[-1])
     cases = cases[:n]
     folder = Path(out) if out is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    ctx = prepare(lm, method, folder, hparams, seed)
+    editor = METHODS[method]
+    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed)
+    references, generation_notes = _generation_setup(cases, max_out_len)
+    notes += generation_notes
     done = _read_done(folder / "cases.jsonl") if folder is not None else {}
     from tqdm.auto import tqdm
 
@@ -164,15 +179,15 @@ def run_eval(
             records.append(done[case.case_id])
             continue
         start = time.perf_counter()
-        pre = score_case(lm, case, generation_tokens, seed)
+        pre = score_case(lm, case, max_out_len, seed, references)
         scored = time.perf_counter() - start
         start = time.perf_counter()
-        edited = METHODS[method](lm, case, ctx)
+        edited = editor.apply(lm, case, ctx)
         edit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        post = pre if edited is lm else score_case(edited, case, generation_tokens, seed)  # "none" changes nothing
+        post = pre if edited is lm else score_case(edited, case, max_out_len, seed, references)
         record = {
-            "case_id": case.case_id, "pre": pre, "post": post,
+            "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
             "seconds": {"edit": edit_seconds, "score": scored + time.perf_counter() - start},
         }  # fmt: skip
         if folder is not None:
@@ -181,9 +196,11 @@ def run_eval(
                 f.flush()
                 os.fsync(f.fileno())
         records.append(record)
-    summary = summarise(records) | {"method": method, "dataset": str(dataset), "model": lm.name}
-    if note:
-        summary["note"] = note
+    kind = cases[0].dataset if cases else "counterfact"
+    summary = summarise(records, kind) | {
+        "method": method, "dataset": str(dataset), "model": lm.name,
+        "hparams": None if ctx is None else json.loads(json.dumps(ctx.hparams.to_dict())), "notes": notes,
+    }  # fmt: skip
     if folder is not None:
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(folder / "summary.md", markdown_table(summary, f"{method} on {dataset} ({lm.name})"))

@@ -1,0 +1,170 @@
+"""The editing methods an evaluation compares, each a small object: `prepare` makes its own context once per run
+(hyperparameters, context templates, key statistics), `apply` edits the unedited model for one case.
+
+A method's hyperparameters, generated context templates included, are saved with the run (context.json) the
+first time, so a resumed run edits exactly as the first start would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..editing import memit, rome
+from ..editing.baselines import FTHparams, finetune, ft_hparams_for
+from ..editing.hparams import MemitHparams, RomeHparams
+from ..editing.stats import KeyStats, key_statistics
+from ..io import atomic_write_text
+from ..models.lm import LM
+from .datasets import EditCase
+
+CONTEXT_FILE = "context.json"
+
+
+class Method(Protocol):
+    """An editing method as the runner sees it."""
+
+    name: str
+
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> Any:
+        """This method's context for a run: made once, saved in folder (if any), read back when resuming."""
+        ...
+
+    def apply(self, lm: LM, case: EditCase, ctx: Any) -> LM:
+        """The model edited for this case (lm itself is not changed)."""
+        ...
+
+
+def saved_hparams(
+    folder: Path | None, method: str, lm: LM, overrides: dict[str, Any], make: Callable[[], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """The hyperparameters this run uses: read from folder/context.json when the run is resumed, else `make()`,
+    saved there. A resumed run with another method, model or different overrides is an error."""
+    path = folder / CONTEXT_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        hparams = make()
+        if path is not None:
+            atomic_write_text(path, json.dumps({"method": method, "model": lm.name, "hparams": hparams}, indent=2))
+        return hparams
+    saved = json.loads(path.read_text())
+    if not {"method", "model", "hparams"} <= set(saved):
+        raise ValueError(
+            f"{path} is not a run context of this jrome (it needs method, model, hparams); give a new folder"
+        )
+    if (saved["method"], saved["model"]) != (method, lm.name):
+        raise ValueError(
+            f"{folder} holds a run of {saved['method']!r} on {saved['model']!r}, not {method!r} on {lm.name!r}; "
+            "give another output folder"
+        )
+    hparams = saved["hparams"] or {}
+    changed = {k: v for k, v in overrides.items() if hparams.get(k) != json.loads(json.dumps(v))}
+    if changed:
+        raise ValueError(
+            f"{folder} was started with other hyperparameters than {changed} "
+            f"(saved: { {k: hparams.get(k) for k in changed} }); resume without them or give another folder"
+        )
+    return saved["hparams"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NoEdit:
+    """The unedited model: its numbers before and after are the same."""
+
+    name: str = "none"
+
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> None:
+        if overrides:
+            raise ValueError(f"method 'none' takes no hyperparameters; got {sorted(overrides)}")
+        saved_hparams(folder, self.name, lm, {}, lambda: None)
+
+    def apply(self, lm: LM, case: EditCase, ctx: None) -> LM:
+        return lm
+
+
+@dataclasses.dataclass(frozen=True)
+class RomeContext:
+    """ROME's hyperparameters (with this run's context templates) and the edited layer's key statistics."""
+
+    hparams: RomeHparams
+    stats: KeyStats | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rome:
+    """ROME (rrome=False) or r-ROME (the template-averaged key also in the closed form), with the model's preset."""
+
+    name: str = "rome"
+    rrome: bool = False
+
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> RomeContext:
+        def make() -> dict[str, Any]:
+            hp = rome.resolve_hparams(lm, {**overrides, "rrome": self.rrome})
+            return hp.override(context_templates=list(rome.context_templates(lm, hp, seed))).to_dict()
+
+        hp = RomeHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
+        stats = None
+        if hp.mom2_adjustment:
+            stats = key_statistics(lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)
+        return RomeContext(hp, None if stats is None else stats[hp.layer])
+
+    def apply(self, lm: LM, case: EditCase, ctx: RomeContext) -> LM:
+        return rome.edit(lm, case.request, ctx.hparams, stats=ctx.stats)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemitContext:
+    """MEMIT's hyperparameters (with this run's template groups, flat) and every edited layer's key statistics."""
+
+    hparams: MemitHparams
+    stats: dict[int, KeyStats]
+
+
+@dataclasses.dataclass(frozen=True)
+class Memit:
+    """MEMIT on each case alone, with the model's MEMIT preset."""
+
+    name: str = "memit"
+
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> MemitContext:
+        def make() -> dict[str, Any]:
+            hp = memit.resolve_hparams(lm, overrides)
+            flat = [t for group in memit.context_groups(lm, hp, seed) for t in group]
+            return hp.override(context_templates=flat).to_dict()
+
+        hp = MemitHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
+        stats = key_statistics(lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)
+        return MemitContext(hp, stats)
+
+    def apply(self, lm: LM, case: EditCase, ctx: MemitContext) -> LM:
+        return memit.edit(lm, [case.request], ctx.hparams, ctx.stats)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class FTContext:
+    """FT's hyperparameters: all it needs."""
+
+    hparams: FTHparams
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTune:
+    """FT ("ft") or FT-L ("ft-l") with the model's preset."""
+
+    name: str = "ft"
+
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> FTContext:
+        def make() -> dict[str, Any]:
+            return ft_hparams_for(lm.name, lm.config.family, self.name).override(**overrides).to_dict()
+
+        return FTContext(FTHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make)))
+
+    def apply(self, lm: LM, case: EditCase, ctx: FTContext) -> LM:
+        return finetune(lm, case.request, ctx.hparams)[0]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m for m in (NoEdit(), Rome(), Rome("r-rome", rrome=True), FineTune("ft"), FineTune("ft-l"), Memit())
+}

@@ -1,0 +1,67 @@
+"""CounterFact scoring and ROME against the original code's own numbers (../shared/golden, see its README)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import data_file, golden_file
+
+from jrome.editing import rome
+from jrome.evaluation.datasets import parse_counterfact
+from jrome.evaluation.metrics import counterfact_case_scores, counterfact_nlls
+from jrome.evaluation.runner import summarise
+
+GROUPS = ("rewrite", "paraphrase", "neighborhood")
+
+
+@pytest.fixture(scope="module")
+def golden_and_ours(smollm2, golden_rome, golden_hparams):
+    """The golden records, and jrome's NLLs for the same cases before and after jrome's ROME edit with the golden
+    layer, templates and C (one pass over the records)."""
+    golden = json.loads(golden_file("counterfact_smollm2_rome_L4.json").read_text())
+    assert (golden["layer"], tuple(golden["templates"])) == (golden_hparams.layer, golden_hparams.context_templates)
+    records = json.loads(data_file("counterfact/counterfact-edit.json").read_text())[: golden["n"]]
+    cases = parse_counterfact(records)
+    assert [c.case_id for c in cases] == [g["case_id"] for g in golden["cases"]]
+    c = golden_rome["arrays"]["C"]
+    ours = []
+    for case in cases:
+        edited, _ = rome.edit(smollm2, case.request, golden_hparams, stats=c)
+        ours.append({"pre": counterfact_nlls(smollm2, case), "post": counterfact_nlls(edited, case)})
+    return golden, ours
+
+
+@pytest.mark.slow
+def test_every_nll_equals_the_original_within_1e3(golden_and_ours):
+    golden, ours = golden_and_ours
+    diffs = []
+    for g, o in zip(golden["cases"], ours, strict=True):
+        for when in ("pre", "post"):
+            for group in GROUPS:
+                assert len(o[when][group]) == len(g[when][group])
+                for gp, op in zip(g[when][group], o[when][group], strict=True):
+                    diffs += [abs(gp[k] - op[k]) for k in ("target_new", "target_true")]
+    assert len(diffs) == 10 * 2 * 3 * 2
+    assert max(diffs) <= 1e-3, f"largest NLL difference {max(diffs):.2e}"
+
+
+@pytest.mark.slow
+def test_summary_scores_equal_the_original(golden_and_ours):
+    golden, ours = golden_and_ours
+    records = [
+        {
+            "pre": counterfact_case_scores(o["pre"]),
+            "post": counterfact_case_scores(o["post"]),
+            "seconds": {"edit": 0, "score": 0},
+        }
+        for o in ours
+    ]
+    summary = summarise(records, "counterfact")["metrics"]
+    for when in ("pre", "post"):
+        want = golden["summary"][when]
+        got = {
+            k: summary[c][when]["mean"]
+            for k, c in [("efficacy_score", "ES"), ("paraphrase_score", "PS"), ("neighborhood_score", "NS")]
+        }
+        assert got == want
