@@ -349,7 +349,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, payload: object) -> None:
-    from .io import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2))
 

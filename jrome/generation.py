@@ -20,6 +20,7 @@ from .interventions import Interventions
 from .models.config import ModelConfig
 from .models.forward import (
     Context,
+    Rows,
     embed,
     forward_tokens,
     positions_from_mask,
@@ -77,10 +78,8 @@ def generate_ids(
         h = embed(cfg, params, token[:, None], pos)
         iv = Interventions(capture=("attn_k", "attn_v"))
         ctx = Context(cache_k, cache_v, valid[:, None, :])
-        h, acts = run_layers(
-            cfg, blocks, h, cols=col[None], rope=rope_tables(cfg, pos), self_mask=jnp.ones((b, 1, 1), bool),
-            iv=iv, ctx=ctx,
-        )  # fmt: skip
+        rows = Rows(col[None], rope_tables(cfg, pos), jnp.ones((b, 1, 1), bool))
+        h, acts = run_layers(cfg, blocks, h, rows=rows, iv=iv, ctx=ctx)
         cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, acts["attn_k"], col, axis=2)
         cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, acts["attn_v"], col, axis=2)
         valid = valid.at[:, col].set(True)

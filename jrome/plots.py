@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_write_bytes
+from .files import atomic_write_bytes
 
 COLORMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 KIND_LABELS = {"hidden": "single restored layer", "mlp": "center of interval of {w} restored MLP layers",

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..interventions import Interventions
 from ..models.config import ModelConfig
-from ..models.forward import causal_mask, embed, positions_from_mask, rope_tables, run_layers
+from ..models.forward import Rows, embed, positions_from_mask, run_layers
 from ..models.lm import LM
 from ..tokens import encode, fact_index
 from .requests import Request
@@ -25,10 +25,8 @@ def _read(
     """[B, width of site]: `site` ("mlp_key" or "resid") of `layer` at one column per row; layers above not run."""
     positions = positions_from_mask(mask)
     h = embed(cfg, params, ids, positions)
-    _, acts = run_layers(
-        cfg, params["blocks"], h, cols=jnp.arange(ids.shape[1]), rope=rope_tables(cfg, positions),
-        self_mask=causal_mask(mask), iv=Interventions(capture=(site,)), stop=layer + 1,
-    )  # fmt: skip
+    rows = Rows.causal(cfg, mask)
+    _, acts = run_layers(cfg, params["blocks"], h, rows=rows, iv=Interventions(capture=(site,)), stop=layer + 1)
     return acts[site][-1][jnp.arange(ids.shape[0]), cols]
 
 

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..files import atomic_write_bytes
 from ..interventions import Interventions
-from ..io import atomic_write_bytes
 from ..models.config import ModelConfig
-from ..models.forward import embed, rope_tables, run_layers
+from ..models.forward import Rows, embed, rope_tables, run_layers
 from ..models.lm import LM
 from ..tokens import padded_width
 
@@ -198,10 +198,10 @@ def _moments(cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, la
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     h = embed(cfg, params, ids, positions)
     causal = jnp.tril(jnp.ones((ids.shape[1],) * 2, bool))[None]
+    rows = Rows(jnp.arange(ids.shape[1]), rope_tables(cfg, positions), causal)
     _, acts = run_layers(
-        cfg, params["blocks"], h, cols=jnp.arange(ids.shape[1]), rope=rope_tables(cfg, positions), self_mask=causal,
-        iv=Interventions(capture=("mlp_key",)), stop=max(layers) + 1,
-    )  # fmt: skip
+        cfg, params["blocks"], h, rows=rows, iv=Interventions(capture=("mlp_key",)), stop=max(layers) + 1
+    )
     keys = acts["mlp_key"][jnp.asarray(layers)].astype(jnp.float32) * mask[None, ..., None].astype(jnp.float32)
     keys = keys.reshape(len(layers), -1, keys.shape[-1])
     return jnp.einsum("lnf,lng->lfg", keys, keys, precision="highest")

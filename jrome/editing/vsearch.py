@@ -27,6 +27,7 @@ from ..interventions import Interventions, Patch
 from ..models.config import ModelConfig
 from ..models.forward import (
     Context,
+    Rows,
     forward_tokens,
     positions_from_mask,
     rope_tables,
@@ -209,8 +210,8 @@ def optimise_v(
     v_init = base.captured[site][layer, 0, fact_cols[0]]
     valid = rows >= fact_cols[:, None] + jnp.arange(rows.shape[1])[None]  # clipped positions are padding
     positions = jnp.take_along_axis(positions_from_mask(mask), rows, axis=1)
-    rope = rope_tables(cfg, positions)
     self_mask = jnp.tril(jnp.ones((rows.shape[1],) * 2, bool))[None] & valid[:, None, :]
+    run = Rows(rows, rope_tables(cfg, positions), self_mask)
     ctx_mask = (jnp.arange(t)[None, None, :] < fact_cols[:, None, None]) & mask.astype(bool)[:, None, :]
     start = jnp.take_along_axis(base.captured["resid"][layer], rows[..., None], axis=1)
     above = unstack(params["blocks"], layer + 1, cfg.n_layers)
@@ -219,10 +220,8 @@ def optimise_v(
 
     def segment(h: jax.Array, first: int, stop: int) -> jax.Array:
         ctx = Context(base.captured["attn_k"][first:stop], base.captured["attn_v"][first:stop], ctx_mask)
-        h, _ = run_layers(
-            cfg, above[first - layer - 1 : stop - layer - 1], h, cols=rows, rope=rope, self_mask=self_mask,
-            iv=Interventions(), first=first, stop=stop, ctx=ctx,
-        )  # fmt: skip
+        blocks = above[first - layer - 1 : stop - layer - 1]
+        h, _ = run_layers(cfg, blocks, h, rows=run, iv=Interventions(), first=first, stop=stop, ctx=ctx)
         return h
 
     def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:

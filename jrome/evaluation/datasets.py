@@ -16,7 +16,7 @@ from typing import Any
 from ..data import data_dir
 from ..editing.rome import Request
 from ..editing.stats import cache_dir
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 DATASETS = ("counterfact", "zsre")
 ROME_SITE = "https://rome.baulab.info/data/dsets"

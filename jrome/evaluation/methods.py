@@ -17,7 +17,7 @@ from ..editing import memit, rome
 from ..editing.baselines import FTHparams, finetune, ft_hparams_for
 from ..editing.hparams import MemitHparams, RomeHparams
 from ..editing.stats import KeyStats, key_statistics
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from ..models.lm import LM
 from .datasets import EditCase
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..files import append_jsonl, atomic_write_text, read_jsonl
 from ..models.lm import LM
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
@@ -107,18 +107,6 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_done(path: Path) -> dict[int, dict]:
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # cut short by an interruption: that case is redone
-                continue
-            done[record["case_id"]] = record
-    return done
-
-
 def _generation_setup(cases: list[EditCase], max_out_len: int) -> tuple[References | None, list[str]]:
     """The reference texts for RS if this run computes it, and notes on what generation metrics are skipped."""
     if not cases or cases[0].dataset != "counterfact":
@@ -170,7 +158,7 @@ def run_eval(
     ctx = editor.prepare(lm, folder, dict(hparams or {}), seed)
     references, generation_notes = _generation_setup(cases, max_out_len)
     notes += generation_notes
-    done = _read_done(folder / "cases.jsonl") if folder is not None else {}
+    done = read_jsonl(folder / "cases.jsonl", "case_id") if folder is not None else {}
     from tqdm.auto import tqdm
 
     records = []
@@ -191,10 +179,7 @@ def run_eval(
             "seconds": {"edit": edit_seconds, "score": scored + time.perf_counter() - start},
         }  # fmt: skip
         if folder is not None:
-            with open(folder / "cases.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(folder / "cases.jsonl", record)
         records.append(record)
     kind = cases[0].dataset if cases else "counterfact"
     summary = summarise(records, kind) | {

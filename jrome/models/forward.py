@@ -24,7 +24,8 @@ F32 = jnp.float32
 
 
 class Context(NamedTuple):
-    """Keys and values of earlier columns that the rows may attend to: k, v [L, B, C, KV, hd], mask [B, R, C]."""
+    """Keys and values of earlier columns that the rows may attend to: k, v [B, C, KV, hd] for one layer (with a
+    leading [L] axis when given to run_layers for its layers), and mask [B|1, R, C]: which of them each row sees."""
 
     k: jax.Array
     v: jax.Array
@@ -36,6 +37,21 @@ class Rope(NamedTuple):
 
     cos: jax.Array
     sin: jax.Array
+
+
+class Rows(NamedTuple):
+    """The rows a block computes: their token columns cols [R] or [B, R] (interventions land by column), the
+    rotary tables at their positions (None with learned positions), and self_mask [B|1, R, R]: which rows each
+    row attends to."""
+
+    cols: jax.Array
+    rope: Rope | None
+    self_mask: jax.Array
+
+    @classmethod
+    def causal(cls, cfg: ModelConfig, mask: jax.Array) -> Rows:
+        """Every column of padded ids [B, T] with attention mask `mask`: positions skip padding, causal attention."""
+        return cls(jnp.arange(mask.shape[-1]), rope_tables(cfg, positions_from_mask(mask)), causal_mask(mask))
 
 
 @struct.dataclass
@@ -99,24 +115,17 @@ def _rotate(cfg: ModelConfig, x: jax.Array, rope: Rope) -> jax.Array:
 
 
 def attention(
-    cfg: ModelConfig,
-    p: Params,
-    x: jax.Array,
-    rope: Rope | None,
-    self_mask: jax.Array,
-    ctx: tuple[jax.Array, jax.Array, jax.Array] | None,
+    cfg: ModelConfig, p: Params, x: jax.Array, rows: Rows, ctx: Context | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Multi-head (grouped-query) attention of rows x [B, R, D] over themselves and an optional context.
-
-    self_mask [B|1, R, R] says which rows a row may see; ctx = (k, v [B, C, KV, hd], mask [B|1, R, C]).
-    Returns the projected output and this layer's rotated keys and values for the rows.
-    """
+    """Multi-head (grouped-query) attention of rows x [B, R, D] over themselves and an optional context of one
+    layer's earlier keys and values. Returns the projected output and this layer's rotated keys and values."""
     b, r, _ = x.shape
+    self_mask = rows.self_mask
     q = dense(p["q"], x).reshape(b, r, cfg.n_heads, cfg.head_dim)
     k = dense(p["k"], x).reshape(b, r, cfg.n_kv_heads, cfg.head_dim)
     v = dense(p["v"], x).reshape(b, r, cfg.n_kv_heads, cfg.head_dim)
-    if rope is not None:
-        q, k = _rotate(cfg, q, rope), _rotate(cfg, k, rope)
+    if rows.rope is not None:
+        q, k = _rotate(cfg, q, rows.rope), _rotate(cfg, k, rows.rope)
     keys, values, mask = k, v, self_mask
     if ctx is not None:
         ck, cv, cmask = ctx
@@ -148,23 +157,16 @@ def mlp(cfg: ModelConfig, p: Params, x: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def block(
-    cfg: ModelConfig,
-    p: Params,
-    h: jax.Array,
-    layer: jax.Array,
-    cols: jax.Array,
-    rope: Rope | None,
-    self_mask: jax.Array,
-    ctx: tuple[jax.Array, jax.Array, jax.Array] | None,
-    iv: Interventions,
+    cfg: ModelConfig, p: Params, h: jax.Array, layer: jax.Array, rows: Rows, ctx: Context | None, iv: Interventions
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One transformer layer on rows h [B, R, D] whose columns (token indices) are cols [R] or [B, R].
+    """One transformer layer on the residual h [B, R, D] of `rows`, attending also to one layer's `ctx`.
 
-    The interventions whose layer equals `layer` and whose token is one of `cols` are applied here.
+    The interventions whose layer equals `layer` and whose token is one of rows.cols are applied here.
     Returns the new residual and the activations named in iv.capture.
     """
+    cols = rows.cols
     a_in = norm(cfg, p["norm_attn"], h)
-    attn, k, v = attention(cfg, p["attn"], a_in, rope, self_mask, ctx)
+    attn, k, v = attention(cfg, p["attn"], a_in, rows, ctx)
     if iv.attn is not None:
         attn = iv.attn.overwrite(layer, cols, attn)
     if cfg.parallel_residual:
@@ -194,9 +196,7 @@ def run_layers(
     blocks: Params | list[Params],
     h: jax.Array,
     *,
-    cols: jax.Array,
-    rope: Rope | None,
-    self_mask: jax.Array,
+    rows: Rows,
     iv: Interventions,
     first: int = 0,
     stop: int | None = None,
@@ -214,8 +214,8 @@ def run_layers(
     if isinstance(blocks, list):
         outs = []
         for i, p in enumerate(blocks):
-            layer_ctx = None if ctx is None else (ctx.k[i], ctx.v[i], ctx.mask)
-            h, acts = block(cfg, p, h, jnp.int32(first + i), cols, rope, self_mask, layer_ctx, iv)
+            layer_ctx = None if ctx is None else Context(ctx.k[i], ctx.v[i], ctx.mask)
+            h, acts = block(cfg, p, h, jnp.int32(first + i), rows, layer_ctx, iv)
             outs.append(acts)
         return h, {name: jnp.stack([a[name] for a in outs]) for name in iv.capture}
     params = blocks if (first, stop) == (0, cfg.n_layers) else jax.tree.map(lambda a: a[first:stop], blocks)
@@ -224,8 +224,8 @@ def run_layers(
         xs["k"], xs["v"] = ctx.k, ctx.v
 
     def step(h: jax.Array, x: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
-        layer_ctx = None if ctx is None else (x["k"], x["v"], ctx.mask)
-        return block(cfg, x["p"], h, x["layer"], cols, rope, self_mask, layer_ctx, iv)
+        layer_ctx = None if ctx is None else Context(x["k"], x["v"], ctx.mask)
+        return block(cfg, x["p"], h, x["layer"], rows, layer_ctx, iv)
 
     return lax.scan(step, h, xs)
 
@@ -274,10 +274,7 @@ def forward_tokens(
     h = embed(cfg, params, ids, positions)
     if iv.embed_add is not None:
         h = h + iv.embed_add.astype(h.dtype)
-    cols = jnp.arange(ids.shape[1])
-    h, captured = run_layers(
-        cfg, params["blocks"], h, cols=cols, rope=rope_tables(cfg, positions), self_mask=causal_mask(mask), iv=iv
-    )
+    h, captured = run_layers(cfg, params["blocks"], h, rows=Rows.causal(cfg, mask), iv=iv)
     if logits_at is not None:
         h = jnp.take_along_axis(h, logits_at[..., None], axis=1)
     return ForwardOutput(logits=unembed(cfg, params, h), captured=captured)

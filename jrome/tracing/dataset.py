@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_bytes, atomic_write_text
+from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from ..models.lm import LM
 from ..plots import CATEGORIES, plot_average_effects, plot_severed_effects
 from .causal import SEVER, corrupt_and_clean, noise_scale, restore
@@ -156,33 +156,15 @@ def _settings_check(folder: Path, settings: dict[str, Any]) -> None:
 
 
 def _read_done(path: Path, facts: Sequence[dict]) -> dict[int, dict]:
-    """Finished records by fact index; the file is rewritten without lines cut short and repeated facts."""
-    if not path.is_file():
-        return {}
-    lines = path.read_text().splitlines()
-    done: dict[int, dict] = {}
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by an interruption: that fact is redone
-            continue
-        done.setdefault(record["index"], record)
+    """Finished records by fact index, checked against the facts given."""
+    done = read_jsonl(path, "index")
     for i, record in done.items():
         if i < len(facts) and (record["prompt"], record["subject"]) != (facts[i]["prompt"], facts[i]["subject"]):
             raise ValueError(
                 f"{path} has fact {i} as {record['prompt']!r}, but the facts given have {facts[i]['prompt']!r}; "
                 f"to start fresh, use a new folder or delete {path.parent}"
             )
-    if len(done) != len(lines):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def trace_dataset(
@@ -249,7 +231,7 @@ def trace_dataset(
                 kind = "hidden" if module else name
                 record["scores"][name] = restore(lm, runs, kind, window=window, sever=module).scores.tolist()
         if folder is not None:
-            _append(folder / "facts.jsonl", record)
+            append_jsonl(folder / "facts.jsonl", record)
         records.append(record)
     summary = summarise(records, names, lm.config.n_layers, scale)
     if folder is not None:
