@@ -10,7 +10,6 @@ from conftest import TINY
 from transformers import AutoModelForCausalLM
 
 import jrome
-from jrome.editing import edit
 
 
 def hf_logits(path, ids):
@@ -37,10 +36,8 @@ def test_save_and_load_round_trip_bit_for_bit(tiny_lm, tmp_path):
     assert back.tokenizer("the eiffel tower")["input_ids"] == lm.tokenizer("the eiffel tower")["input_ids"]
 
 
-def test_an_edited_smollm2_saves_and_exports(smollm2, tmp_path):
-    templates = ("{}", "I read it in a book. {}")
-    request = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
-    new, _ = edit(smollm2, request, {"context_templates": templates, "mom2_n_tokens": 20_000})
+def test_an_edited_smollm2_saves_and_exports(smollm2, eiffel_edit, tmp_path):
+    new, _ = eiffel_edit
     ids, mask = jrome.encode(smollm2.tokenizer, ["The Eiffel Tower is located in the city of"])
     ours = np.asarray(jrome.forward(new, ids, mask).logits)
     jrome.save(new, tmp_path / "ck")
@@ -50,6 +47,14 @@ def test_an_edited_smollm2_saves_and_exports(smollm2, tmp_path):
     np.testing.assert_allclose(theirs, ours, atol=1e-3, rtol=1e-4)
     rome = smollm2.tokenizer(" Rome")["input_ids"][0]
     assert int(theirs[0, -1].argmax()) == rome
+
+
+def test_a_relative_path_is_taken_from_the_working_directory(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lm = tiny_lm("llama")
+    jrome.save(lm, "eiffel-in-rome")  # as the README writes it
+    assert (tmp_path / "eiffel-in-rome" / "jrome.json").is_file()
+    assert jrome.load("eiffel-in-rome").config == lm.config
 
 
 def test_writes_are_whole_or_absent(tiny_lm, tmp_path):

@@ -1,17 +1,37 @@
-"""The command line, run as a user would run it."""
+"""The command line, as a user would run it. The commands run in this process (`jrome.cli.main`), so they share
+its compiled programs; tests/test_sharding.py runs `python -m jrome.cli` as a separate process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import subprocess
-import sys
+
+import pytest
+
+from jrome.cli import main
 
 
-def jrome(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jrome.cli", *args], capture_output=True, text=True)
+@dataclasses.dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_predict_prints_and_writes_json(tmp_path):
+@pytest.fixture
+def jrome(capsys):
+    """Run `jrome ARGS...` and return its exit status and what it printed."""
+
+    def run(*args: str) -> Run:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return Run(code, out.out, out.err)
+
+    return run
+
+
+@pytest.mark.slow
+def test_predict_prints_and_writes_json(jrome, tmp_path):
     out = jrome("predict", "--prompt", "The capital of France is", "--top", "3", "--json", str(tmp_path / "p.json"))
     assert out.returncode == 0, out.stderr
     assert "' Paris'" in out.stdout
@@ -19,13 +39,14 @@ def test_predict_prints_and_writes_json(tmp_path):
     assert rows[0]["top"][0]["token"] == " Paris" and len(rows[0]["top"]) == 3
 
 
-def test_bad_model_is_a_clear_error():
+def test_bad_model_is_a_clear_error(jrome):
     out = jrome("predict", "--model", "/nonexistent/model", "--prompt", "x")
     assert out.returncode == 2
     assert "model '/nonexistent/model' not found" in out.stderr
 
 
-def test_trace_writes_every_kind_to_json_and_heatmaps(tmp_path):
+@pytest.mark.slow
+def test_trace_writes_every_kind_to_json_and_heatmaps(jrome, tmp_path):
     import matplotlib.image
 
     out = jrome(
@@ -43,7 +64,8 @@ def test_trace_writes_every_kind_to_json_and_heatmaps(tmp_path):
         assert (tmp_path / f"t_{kind}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_trace_dataset_with_n_larger_than_the_facts(tmp_path):
+@pytest.mark.slow
+def test_trace_dataset_with_n_larger_than_the_facts(jrome, tmp_path):
     facts = [{"prompt": "The capital of Roman Republic is", "subject": "Roman Republic", "attribute": "Rome"}]
     (tmp_path / "facts.json").write_text(json.dumps(facts))
     out = jrome(
@@ -55,12 +77,14 @@ def test_trace_dataset_with_n_larger_than_the_facts(tmp_path):
     assert "1 of 1 facts answered correctly" in out.stdout
 
 
-def test_trace_bad_subject_is_a_clear_error():
+@pytest.mark.slow
+def test_trace_bad_subject_is_a_clear_error(jrome):
     out = jrome("trace", "--prompt", "The Eiffel Tower is in", "--subject", "Louvre", "--kind", "hidden")
     assert out.returncode == 2 and "subject 'Louvre' is not in the prompt" in out.stderr
 
 
-def test_edit_prints_and_writes_before_and_after(tmp_path):
+@pytest.mark.slow
+def test_edit_prints_and_writes_before_and_after(jrome, tmp_path):
     out = jrome(
         "edit", "--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome",
         "--check", "The Louvre is located in the city of", "--stats-tokens", "20000", "--json", str(tmp_path / "e.json"),
@@ -76,7 +100,8 @@ def test_edit_prints_and_writes_before_and_after(tmp_path):
     assert (tmp_path / "ck" / "jrome.json").is_file() and "p(target)" in out.stdout
 
 
-def test_demo_traces_edits_and_summarises(tmp_path):
+@pytest.mark.slow
+def test_demo_traces_edits_and_summarises(jrome, tmp_path):
     import matplotlib.image
 
     out = jrome("demo", "--out", str(tmp_path), "--samples", "3", "--stats-tokens", "20000", "--tokens", "8")

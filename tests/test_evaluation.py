@@ -260,10 +260,14 @@ def mean_from_file(path, when, field):
     return np.mean([r[when][field] for r in records])
 
 
+TEMPLATES = ["{}", "I read it in a book. {}", "Because of that, {}"]  # explicit: test_rome covers generated ones
+SMALL_ROME = {"mom2_n_tokens": 20_000, "context_templates": TEMPLATES}
+
+
 @pytest.mark.parametrize("dataset", ["counterfact", "zsre"])
 def test_rome_runner_end_to_end(smollm2, tmp_path, dataset):
-    summary = run_eval(smollm2, "rome", dataset, 3, tmp_path, hparams={"mom2_n_tokens": 20_000}, progress=False)
-    assert summary["n"] == 3 and (tmp_path / "summary.md").read_text().startswith("### rome on")
+    summary = run_eval(smollm2, "rome", dataset, 2, tmp_path, hparams=SMALL_ROME, progress=False)
+    assert summary["n"] == 2 and (tmp_path / "summary.md").read_text().startswith("### rome on")
     saved = json.loads((tmp_path / "summary.json").read_text())
     efficacy, parts = ("ES", ("ES", "PS", "NS")) if dataset == "counterfact" else ("efficacy", ("efficacy", "paraphrase", "specificity"))  # fmt: skip
     field = {"ES": "efficacy_score", "efficacy": "edit_accuracy"}[efficacy]
@@ -277,7 +281,7 @@ def test_rome_runner_end_to_end(smollm2, tmp_path, dataset):
     )
     context = json.loads((tmp_path / "context.json").read_text())
     templates = context["hparams"]["context_templates"]
-    assert templates[0] == "{}" and len(templates) == 21 and saved["hparams"]["context_templates"] == templates
+    assert templates == TEMPLATES and saved["hparams"]["context_templates"] == templates
     record = json.loads((tmp_path / "cases.jsonl").read_text().splitlines()[0])
     if dataset == "counterfact":
         assert set(record["post"]["nll"]) == {"rewrite", "paraphrase", "neighborhood"}
@@ -321,7 +325,7 @@ def test_each_method_prepares_only_its_own_context(smollm2, tmp_path, monkeypatc
 
 
 def test_r_rome_and_memit_save_their_templates(smollm2, tmp_path):
-    summary = run_eval(smollm2, "r-rome", "counterfact", 1, tmp_path / "r", hparams={"mom2_n_tokens": 20_000}, progress=False)  # fmt: skip
+    summary = run_eval(smollm2, "r-rome", "counterfact", 1, tmp_path / "r", hparams=SMALL_ROME, progress=False)
     assert summary["hparams"]["rrome"] is True and summary["metrics"]["ES"]["post"]["mean"] == 1.0
     summary = run_eval(smollm2, "memit", "counterfact", 1, tmp_path / "m", hparams={"mom2_n_tokens": 20_000}, progress=False)  # fmt: skip
     templates = json.loads((tmp_path / "m" / "context.json").read_text())["hparams"]["context_templates"]
@@ -329,7 +333,8 @@ def test_r_rome_and_memit_save_their_templates(smollm2, tmp_path):
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_path, monkeypatch):
-    run_eval(smollm2, "ft", "counterfact", 3, tmp_path, max_out_len=0, progress=False)
+    short = {"num_steps": 2}
+    run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short, max_out_len=0, progress=False)
     lines = (tmp_path / "cases.jsonl").read_text().splitlines()
     (tmp_path / "cases.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
     calls = []
@@ -344,10 +349,10 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_
             return real.apply(lm, case, ctx)
 
     monkeypatch.setitem(methods.METHODS, "ft", Counting())
-    summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, max_out_len=0, progress=False)
+    summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short, max_out_len=0, progress=False)
     assert calls == [json.loads(lines[2])["case_id"]] and summary["n"] == 3
     with pytest.raises(ValueError, match=r"was started with other hyperparameters than \{'layer': 3\}"):
-        run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams={"layer": 3}, progress=False)
+        run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short | {"layer": 3}, progress=False)
     with pytest.raises(ValueError, match="holds a run of 'ft' on 'smollm2', not 'ft-l' on 'smollm2'"):
         run_eval(smollm2, "ft-l", "counterfact", 3, tmp_path, progress=False)
 

@@ -53,6 +53,7 @@ def test_a_mesh_that_does_not_divide_the_model_names_the_dimension(tiny_dir):
         make_mesh(4, 4)
 
 
+@pytest.mark.slow
 def test_cli_mesh_on_the_real_model():
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     base = [sys.executable, "-m", "jrome.cli", "predict", "--prompt", "The Eiffel Tower is located in the city of"]

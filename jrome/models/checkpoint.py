@@ -27,8 +27,9 @@ _ACTIVATION_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "silu": "silu", "r
 
 
 def _atomic_dir(target: Path, overwrite: bool, fill: Callable[[Path], None]) -> None:
-    """Build the folder in a sibling temporary folder, then move it to `target`."""
-    target = Path(target)
+    """Build the folder in a sibling temporary folder, then move it to `target` (a relative path is taken from the
+    working directory; orbax needs absolute ones)."""
+    target = Path(target).absolute()
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
