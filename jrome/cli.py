@@ -451,8 +451,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_compiled_programs() -> None:
+    """Keep compiled XLA programs on disk (JAX's persistent cache: $JAX_COMPILATION_CACHE_DIR, else
+    ~/.cache/jrome/xla), so a second command on the same model starts without recompiling."""
+    import jax
+
+    from .editing.stats import cache_dir
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_compiled_programs()
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:

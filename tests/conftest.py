@@ -167,15 +167,17 @@ def tiny_dir(tmp_path_factory):
 def private_cache(tmp_path_factory):
     """Key statistics and other caches go to a fresh folder, so tests never read a cache they did not write.
 
-    Compiled XLA programs go to a fresh folder too, shared with the subprocesses the tests start (the CLI,
-    notebook kernels), so a program compiled once in this session is not compiled again in each of them.
+    Compiled XLA programs are kept between sessions (JAX's persistent cache, keyed by the program and the JAX
+    version, in $JAX_COMPILATION_CACHE_DIR or ~/.cache/jrome/xla-tests) and shared with the subprocesses the tests
+    start, so a program is compiled once on a machine, not once per test run.
     """
     import jax
 
     os.environ["JROME_CACHE_DIR"] = str(tmp_path_factory.mktemp("jrome-cache"))
-    compiled = str(tmp_path_factory.mktemp("xla-cache"))
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = compiled
+    compiled = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/jrome/xla-tests"))
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the many small programs add up too
     jax.config.update("jax_compilation_cache_dir", compiled)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,21 @@ def test_demo_traces_edits_and_summarises(jrome, tmp_path):
     assert edit["succeeded"] and edit["checks"]["prompt"]["after"]["top"] == " Rome"
     assert edit["checks"]["prompt"]["after"]["p_target"] > 0.5 > edit["checks"]["prompt"]["before"]["p_target"]
     assert edit["checks"]["neighbour"]["after"]["top"] == " Paris"  # the Louvre stays in Paris
+
+
+def test_compiled_programs_are_kept_in_the_cache_folder(monkeypatch, tmp_path):
+    import jax
+
+    from jrome.cli import keep_compiled_programs
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("JROME_CACHE_DIR", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        keep_compiled_programs()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        jax.config.update("jax_compilation_cache_dir", "/somewhere/else")
+        keep_compiled_programs()  # a folder the user chose is kept
+        assert jax.config.jax_compilation_cache_dir == "/somewhere/else"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "colab").glob("*.ipynb"))
-SMALLEST = {"JROME_MODEL": "smollm2", "JROME_NOTEBOOK_SAMPLES": "2", "JROME_NOTEBOOK_FACTS": "8", "JROME_NOTEBOOK_CASES": "1"}  # fmt: skip
+SMALLEST = {"JROME_MODEL": "smollm2", "JROME_NOTEBOOK_SAMPLES": "2", "JROME_NOTEBOOK_FACTS": "4", "JROME_NOTEBOOK_CASES": "1"}  # fmt: skip
 
 
 def test_there_are_three_notebooks_with_a_colab_badge_and_no_outputs():
