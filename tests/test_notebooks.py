@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from pathlib import Path
 
 import matplotlib
@@ -53,8 +54,9 @@ def run_notebook(name: str, monkeypatch, tmp_path) -> tuple[list[str], int]:
 def test_causal_trace_notebook(monkeypatch, tmp_path):
     printed, figures = run_notebook("causal_trace", monkeypatch, tmp_path)
     text = "".join(printed)
-    assert "answer ' Paris'" in text and "MLP severed" in text and "facts answered correctly" in text
-    assert figures >= 4  # three heatmaps and the severed-path plot (and Fig. 2 when a fact is answered)
+    assert "answer ' Paris'" in text and "MLP severed" in text
+    answered = int(re.search(r"(\d+) of 4 facts answered correctly", text).group(1))
+    assert figures == 4 + (answered > 0)  # three heatmaps, the severed-path plot, and Fig. 2 when a fact is answered
 
 
 @pytest.mark.slow
