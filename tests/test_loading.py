@@ -39,13 +39,16 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_dir, tmp_path, rng):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama"])
-def test_config_matches_transformers_defaults_and_values(tiny_dir, name):
+def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
     import transformers
 
     cfg = jrome.load(tiny_dir(name)).config
     hf = transformers.AutoConfig.from_pretrained(tiny_dir(name))
-    assert cfg.n_layers == hf.num_hidden_layers and cfg.d_model == hf.hidden_size
-    assert cfg.n_heads == hf.num_attention_heads
+    d, heads = hf.hidden_size, hf.num_attention_heads
+    mlp = getattr(hf, "intermediate_size", None) or getattr(hf, "n_inner", None) or 4 * d  # GPT-J: None means 4d
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.vocab_size) == (hf.num_hidden_layers, d, heads, hf.vocab_size)
+    assert (cfg.d_mlp, cfg.max_positions) == (mlp, hf.max_position_embeddings)
+    assert cfg.n_kv_heads == getattr(hf, "num_key_value_heads", heads) and cfg.head_dim == d // heads
 
 
 def test_old_style_config_keys_are_read():
