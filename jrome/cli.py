@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def keep_compiled_programs() -> None:
     """Keep compiled XLA programs on disk (JAX's persistent cache: $JAX_COMPILATION_CACHE_DIR, else
-    ~/.cache/jrome/xla), so a second command on the same model starts without recompiling."""
+    ~/.cache/jrome/xla), so a second command on the same model does not compile its larger programs again."""
     import jax
 
     from .editing.stats import cache_dir
