@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEMO_PROMPTS = (
     "The Eiffel Tower is located in the city of",
@@ -354,6 +354,22 @@ def _write_json(path: str, payload: object) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2))
 
 
+def count(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type for counts: a whole number of at least `minimum`, else argparse's one-line error (exit 2)
+    before any work starts, so `--n -1` cannot become a Python slice."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (accepted: >= {minimum})") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (accepted: >= {minimum})")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jrome", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,22 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="trace and edit a fact on the embedded model (the README's first command)")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--out", default="jrome-demo", help="folder for the heatmaps and summary.json")
-    p.add_argument("--samples", type=int, default=10, help="noise samples of the trace")
-    p.add_argument("--stats-tokens", type=int, default=20_000, help="wikitext-2 tokens of key statistics")
-    p.add_argument("--tokens", type=int, default=16, help="tokens generated before and after the edit")
+    p.add_argument("--samples", type=count(), default=10, help="noise samples of the trace (>= 1)")
+    p.add_argument("--stats-tokens", type=count(), default=20_000, help="wikitext-2 tokens of key statistics (>= 1)")
+    p.add_argument("--tokens", type=count(), default=16, help="tokens generated before and after the edit (>= 1)")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("predict", help="top next-token predictions for prompts")
     model_args(p)
     p.add_argument("--prompt", action="append", required=True)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=count(), default=5, help="predictions shown per prompt (>= 1)")
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(run=cmd_predict)
 
     def trace_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--samples", type=int, default=10, help="noise samples per corruption")
+        p.add_argument("--samples", type=count(), default=10, help="noise samples per corruption (>= 1)")
         p.add_argument("--noise", default="s3", help="s3 (3 x std of the subjects' token embeddings) or a float scale")
-        p.add_argument("--window", type=int, default=10, help="layers restored together for mlp/attn kinds")
+        p.add_argument("--window", type=count(), default=10, help="layers restored together for mlp/attn kinds (>= 1)")
         p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
 
     p = sub.add_parser("trace", help="causal trace of one prompt (paper Fig. 1)")
@@ -402,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace-dataset", help="average indirect effects over known facts (paper Fig. 2)")
     model_args(p)
     p.add_argument("--facts", default="known_1000", help="known_1000 (from $JROME_DATA_DIR) or a JSON path")
-    p.add_argument("--n", type=int, help="trace the first N facts")
+    p.add_argument("--n", type=count(), help="trace the first N facts (>= 1; default: all)")
     p.add_argument("--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"])
     trace_args(p)
     p.add_argument("--sever", nargs="+", choices=["mlp", "attn"], help="also trace h with that severed (Fig. 3)")
@@ -416,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="the new object")
     p.add_argument("--check", action="append", default=[], help="another prompt to compare (repeatable)")
     p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
-    p.add_argument("--stats-tokens", type=int, help="tokens of key statistics (default: the preset's)")
+    p.add_argument("--stats-tokens", type=count(), help="tokens of key statistics (>= 1; default: the preset's)")
     p.add_argument("--rrome", action="store_true", help="r-ROME: the averaged key in the closed form too")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated context templates")
     p.add_argument("--json", help="write the request, predictions before/after, losses and seconds")
@@ -429,13 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--method", required=True, help="none, rome, r-rome, ft, ft-l or memit")
     p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
-    p.add_argument("--n", type=int, help="evaluate the first N cases")
+    p.add_argument("--n", type=count(), help="evaluate the first N cases (>= 1; default: all)")
     p.add_argument("--out", required=True, help="folder for per-case results (resumable) and the summary")
     p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
-    p.add_argument("--stats-tokens", type=int, help="tokens of key statistics (default: the preset's)")
+    p.add_argument("--stats-tokens", type=count(), help="tokens of key statistics (>= 1; default: the preset's)")
     p.add_argument(
-        "--max-out-len", type=int, default=100,
-        help="tokens of each generation for fluency and consistency, prompt included (the original's 100; 0: skip)",
+        "--max-out-len", type=count(0), default=100,
+        help="tokens of each generation for fluency and consistency, prompt included (>= 0; the original's 100; 0: skip)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_eval)
@@ -443,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="continue prompts, greedily or by sampling")
     model_args(p)
     p.add_argument("--prompt", action="append", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--max-new-tokens", type=count(), default=30, help="tokens to add (>= 1)")
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-k", type=count(), help="sample from the k most likely (>= 1)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_generate)
     return parser

@@ -141,3 +141,37 @@ def test_compiled_programs_are_kept_in_the_cache_folder(monkeypatch, tmp_path):
         assert jax.config.jax_compilation_cache_dir == "/somewhere/else"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("trace-dataset", "--n", "-1", "--out", "x"), "argument --n: -1 is out of range (accepted: >= 1)"),
+        (
+            ("eval", "--method", "rome", "--dataset", "zsre", "--n", "0", "--out", "x"),
+            "argument --n: 0 is out of range",
+        ),
+        (("predict", "--prompt", "x", "--top", "-1"), "argument --top: -1 is out of range (accepted: >= 1)"),
+        (
+            ("trace", "--prompt", "a b", "--subject", "a", "--samples", "two"),
+            "'two' is not a whole number (accepted: >= 1)",
+        ),
+        (("eval", "--method", "none", "--dataset", "zsre", "--out", "x", "--max-out-len", "-5"), "(accepted: >= 0)"),
+    ],
+)
+def test_counts_out_of_range_stop_before_any_work(jrome, capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        jrome(*args)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_every_count_says_its_range_in_help():
+    from jrome.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if getattr(action.type, "__qualname__", "").startswith("count."):
+                assert ">= " in (action.help or ""), f"jrome {name} {action.option_strings[0]} does not say its range"

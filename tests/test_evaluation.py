@@ -366,6 +366,8 @@ def test_bad_input(smollm2, tmp_path):
         run_eval(smollm2, "none", "counterfact", 1, hparams={"layer": 3}, progress=False)
     with pytest.raises(ValueError, match=r"unknown FT hyperparameters \['mom2_n_tokens'\]; known: layer, lr"):
         run_eval(smollm2, "ft", "counterfact", 1, hparams={"mom2_n_tokens": 5}, progress=False)
+    with pytest.raises(ValueError, match="n=-1 is not a number of cases; accepted: n >= 1, or None for all"):
+        run_eval(smollm2, "none", "counterfact", -1, progress=False)
     with pytest.raises(ValueError, match="max_out_len must be 0"):
         run_eval(smollm2, "none", "counterfact", 1, max_out_len=-1, progress=False)
     (tmp_path / "old").mkdir()

@@ -143,6 +143,8 @@ def run_eval(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    if n is not None and n < 1:
+        raise ValueError(f"n={n} is not a number of cases; accepted: n >= 1, or None for all")
     if max_out_len < 0:
         raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
     cases = load_dataset(dataset)
