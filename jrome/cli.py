@@ -61,9 +61,9 @@ def _load_model(args: argparse.Namespace):
 def cmd_predict(args: argparse.Namespace) -> int:
     lm = _load_model(args)
     rows = _top_predictions(lm, args.prompt, args.top)
+    _print_predictions(rows)
     if args.json:
         _write_json(args.json, rows)
-    _print_predictions(rows)
     return 0
 
 
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace_args(p)
     p.add_argument("--uniform", action="store_true", help="uniform noise instead of Gaussian")
     p.add_argument("--replace", action="store_true", help="replace the subject embeddings by the noise")
-    p.add_argument("--answer", help="score this answer instead of the model's prediction")
+    p.add_argument("--answer", help="score this answer's first token, not the prediction ('Paris' is ' Paris')")
     p.add_argument("--sever", choices=["mlp", "attn"], help="freeze that module at the restored token (Fig. 3)")
     p.add_argument("--token-range", help="restore only these tokens: subject_last, or indices such as 0,3,9")
     p.add_argument("--json", help="write every field of the result, per kind")
@@ -478,14 +478,48 @@ def keep_compiled_programs() -> None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
 
 
+def output_paths(args: argparse.Namespace) -> list[tuple[str, str, bool, bool]]:
+    """Every place the command will write: (flag, path, is a folder, may already exist)."""
+    files = [("--json", getattr(args, "json", None))]
+    if getattr(args, "plot", None):
+        kinds = ["hidden", "mlp", "attn"] if args.kind == "all" else [args.kind]
+        files += [("--plot", _with_suffix(args.plot, k, len(kinds) > 1, s)) for k in kinds for s in (".png", ".pdf")]
+    overwrite = getattr(args, "overwrite", False)
+    folders = [("--out", getattr(args, "out", None), True), ("--save", getattr(args, "save", None), overwrite),
+               ("--export-hf", getattr(args, "export_hf", None), overwrite)]  # fmt: skip
+    return [(f, p, False, True) for f, p in files if p] + [(f, p, True, ok) for f, p, ok in folders if p]
+
+
+def interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The one line Ctrl-C prints: what was interrupted, what was kept, the command that resumes."""
+    import shlex
+
+    again = "jrome " + shlex.join(argv)
+    if args.command in ("eval", "trace-dataset"):
+        log = "cases.jsonl" if args.command == "eval" else "facts.jsonl"
+        return f"jrome {args.command}: interrupted; finished work is kept in {args.out}/{log}; resume with: {again}"
+    return (
+        f"jrome {args.command}: interrupted; every file written is complete and nothing is half-written; "
+        f"run again with: {again}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .files import check_output
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    keep_compiled_programs()
     try:
+        for flag, path, folder, replace in output_paths(args):
+            check_output(path, flag, folder=folder, replace=replace)
+        keep_compiled_programs()
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         print(f"jrome {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted(args, argv), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

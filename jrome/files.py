@@ -9,12 +9,52 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file or folder made by tempfile (0600 / 0700) the permissions a plain open() or mkdir would have."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False, replace: bool = True) -> None:
+    """Say before any work starts whether `path` can be written, naming the user's `flag` and path.
+
+    A file path must not be a folder; a folder path must not be a file, and an existing one is an error unless
+    `replace` (say how the caller lets it be replaced). The nearest existing folder above must take a new file."""
+    target = Path(path).absolute()
+    if folder and target.is_file():
+        raise ValueError(f"{flag} {path} is a file; a folder is expected there")
+    if not folder and target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; a file path is expected (such as {Path(path) / 'out.json'})")
+    if folder and target.exists() and not replace:
+        raise FileExistsError(f"{flag} {path} exists; add --overwrite to replace it, or choose another path")
+    above = target if folder and target.is_dir() else target.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise ValueError(f"{flag} {path} cannot be written: {above} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=above, prefix=".jrome-write-check.")
+    except OSError as err:
+        raise PermissionError(
+            f"{flag} {path} cannot be written: {above} does not take new files ({err.strerror})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over `path` (atomic on POSIX)."""
+    """Write to a temporary file in the same folder, then rename over `path` (atomic on POSIX); the file gets the
+    user's umask, as open() would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        user_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

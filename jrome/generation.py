@@ -32,6 +32,28 @@ from .models.forward import (
 from .models.lm import LM
 from .tokens import encode, padded_width
 
+ROUNDS_UP_TO = 32  # kth_largest's argmax rounds cost k passes over the logits; a sort is cheaper beyond this
+
+
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
+    """[..., 1]: the k-th largest value along the last axis, repeats counted (= lax.top_k(x, k)[0][..., -1:]).
+
+    For small k, found by k rounds of argmax, each setting one element to -inf: inside a decoding loop XLA's CPU
+    backend turns lax.top_k into a full sort of the vocabulary (120 ms per step for 10 × 49,152 logits, against
+    2 ms for k = 5)."""
+    if k > ROUNDS_UP_TO:
+        return jax.lax.top_k(x, k)[0][..., -1:]
+    flat = x.reshape(-1, x.shape[-1])
+    rows = jnp.arange(flat.shape[0])
+
+    def remove_max(_, carry):
+        rest, _ = carry
+        j = jnp.argmax(rest, axis=-1)
+        return rest.at[rows, j].set(-jnp.inf), rest[rows, j]
+
+    _, kth = jax.lax.fori_loop(0, k, remove_max, (flat, flat[:, 0]))
+    return kth.reshape(*x.shape[:-1], 1)
+
 
 def _choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
     """Next token per row: argmax when temperature is 0, else a sample from the (top-k) softmax."""
@@ -39,8 +61,7 @@ def _choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | 
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
     if top_k is not None:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        logits = jnp.where(logits < kth_largest(logits, top_k), -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 

@@ -21,6 +21,12 @@ def padded_width(length: int, multiple_of: int = 1) -> int:
     return -(-length // multiple_of) * multiple_of
 
 
+def spaced(answer: str) -> str:
+    """An answer as it follows a prompt, with a leading space: "Rome" is scored as " Rome", as the original scores
+    its targets (BPE vocabularies give the two different tokens)."""
+    return answer if answer[:1].isspace() else " " + answer
+
+
 def encode(
     tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left", multiple_of: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -175,3 +175,41 @@ def test_every_count_says_its_range_in_help():
         for action in sub._actions:
             if getattr(action.type, "__qualname__", "").startswith("count."):
                 assert ">= " in (action.help or ""), f"jrome {name} {action.option_strings[0]} does not say its range"
+
+
+def _outputs_checked_cases():
+    """(argv after the model, message): each names a bad output; the model does not exist, so an error about the
+    output shows the check came before any work (loading the model is the first)."""
+    return [
+        (("predict", "--prompt", "x", "--json", "{tmp}"), "--json {tmp} is a folder; a file path is expected"),
+        (("edit", "--prompt", "{{}} is", "--subject", "a", "--target", "b", "--save", "{tmp}"),
+         "--save {tmp} exists; add --overwrite to replace it"),
+        (("edit", "--prompt", "{{}} is", "--subject", "a", "--target", "b", "--export-hf", "{tmp}"),
+         "--export-hf {tmp} exists; add --overwrite"),
+        (("edit", "--prompt", "{{}} is", "--subject", "a", "--target", "b", "--json", "/sys/jrome/e.json"),
+         "--json /sys/jrome/e.json cannot be written: /sys does not take new files"),
+        (("trace", "--prompt", "a b", "--subject", "a", "--plot", "{tmp}/file.txt/t.png"),
+         "--plot {tmp}/file.txt/t_hidden.png cannot be written: {tmp}/file.txt is a file, not a folder"),
+        (("eval", "--method", "rome", "--dataset", "zsre", "--out", "{tmp}/file.txt"),
+         "--out {tmp}/file.txt is a file; a folder is expected there"),
+        (("trace-dataset", "--out", "{tmp}/file.txt"), "--out {tmp}/file.txt is a file; a folder is expected there"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), _outputs_checked_cases())
+def test_outputs_are_checked_before_any_work(jrome, tmp_path, args, message):
+    (tmp_path / "file.txt").write_text("keep me")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = jrome(*(a.format(tmp=tmp_path) for a in args), "--model", "/nonexistent/model")
+    assert out.returncode == 2
+    line = f"jrome {args[0]}: error: " + message.format(tmp=tmp_path)
+    assert out.stderr.startswith(line) and out.stderr.count("\n") == 1, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "file.txt").read_text() == "keep me"
+
+
+def test_overwrite_lets_an_existing_folder_be_replaced(jrome, tmp_path):
+    out = jrome(
+        "edit", "--prompt", "{} is", "--subject", "a", "--target", "b", "--save", str(tmp_path), "--overwrite",
+        "--model", "/nonexistent/model",
+    )  # fmt: skip
+    assert out.returncode == 2 and "model '/nonexistent/model' not found" in out.stderr  # past the output check

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jrome
-from jrome.generation import generate, generate_ids
+from jrome.generation import ROUNDS_UP_TO, generate, generate_ids, kth_largest
 
 
 def naive_greedy(lm, ids, mask, steps):
@@ -41,6 +41,25 @@ def test_sampling_is_seeded_and_respects_top_k(smollm2):
     first = np.asarray(generate_ids(smollm2.config, smollm2.params, ids, mask, 1, 1.0, 1, None, jax.random.key(9)))
     greedy = np.asarray(generate_ids(smollm2.config, smollm2.params, ids, mask, 1, 0.0, None, None, jax.random.key(9)))
     np.testing.assert_array_equal(first, greedy)  # top_k=1 sampling is greedy
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, ROUNDS_UP_TO])
+def test_kth_largest_is_the_last_of_top_k_with_ties_counted(k):
+    x = np.random.default_rng(k).integers(0, 6, (3, 4, 50)).astype(np.float32)  # many repeated values
+    want = -np.sort(-x, axis=-1)[..., k - 1 : k]
+    np.testing.assert_array_equal(np.asarray(jax.jit(kth_largest, static_argnums=1)(x, k)), want)
+
+
+def test_every_sampled_token_is_among_the_top_k(smollm2):
+    prompts = ["The capital of France is", "My favourite food is"] * 4
+    ids, mask = jrome.encode(smollm2.tokenizer, prompts)
+    logits = np.asarray(jrome.forward(smollm2, ids, mask, logits_at="last").logits[:, -1])
+    top3 = np.argsort(-logits, axis=-1)[:, :3]
+    for seed in range(4):
+        first = np.asarray(
+            generate_ids(smollm2.config, smollm2.params, ids, mask, 1, 1.0, 3, None, jax.random.key(seed))
+        )
+        assert all(t in row for t, row in zip(first[:, 0], top3, strict=True))
 
 
 def test_generation_rejects_bad_arguments(smollm2):

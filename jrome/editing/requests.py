@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models.lm import LM
-from ..tokens import placeholder_span
+from ..tokens import placeholder_span, spaced
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +55,7 @@ def target_ids(lm: LM, request: Request) -> list[int]:
     if not request.target_new.strip():
         raise ValueError(f"the target {request.target_new!r} is empty; give the new object's words, e.g. 'Rome'")
     placeholder_span(lm.tokenizer, request.prompt, request.subject)
-    target = request.target_new if request.target_new.startswith(" ") else " " + request.target_new
-    ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
+    ids = lm.tokenizer(spaced(request.target_new), add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"the target {request.target_new!r} tokenises to nothing")
     return ids

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..files import user_mode
 from .config import ModelConfig
 from .lm import LM
 from .weights import checkpoint_from_params
@@ -35,6 +36,7 @@ def _atomic_dir(target: Path, overwrite: bool, fill: Callable[[Path], None]) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
+        user_mode(tmp, folder=True)
         fill(tmp)
         if target.exists():
             shutil.rmtree(target)

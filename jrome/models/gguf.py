@@ -122,7 +122,7 @@ class GGUFFile:
         if info.kind == Q.BF16:
             out = (rows.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
-            out = gguf.quants.dequantize(rows, info.kind)
+            out = gguf.quants.dequantize(np.array(rows), info.kind)  # in memory: a memmap view per row group is slow
         return np.asarray(out, np.float32).reshape(info.shape)
 
 

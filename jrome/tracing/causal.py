@@ -20,7 +20,7 @@ from ..interventions import Interventions
 from ..models.forward import embed, forward_tokens_jit
 from ..models.lm import LM
 from ..sharding import mesh_of, split_samples
-from ..tokens import subject_range, token_strings
+from ..tokens import spaced, subject_range, token_strings
 from .restore import restoration_probs, scatter_scores
 from .schedule import KINDS, plan_layers, plan_rows
 
@@ -133,9 +133,9 @@ def _answer_id(lm: LM, answer: str | int | None, clean_probs: np.ndarray) -> int
         if not 0 <= answer < lm.config.vocab_size:
             raise ValueError(f"answer token id {answer} is outside the vocabulary [0, {lm.config.vocab_size})")
         return int(answer)
-    ids = lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"answer {answer!r} tokenises to nothing")
+    if not answer.strip():
+        raise ValueError(f"the answer {answer!r} is empty; give the answer's words, e.g. 'Paris'")
+    ids = lm.tokenizer(spaced(answer), add_special_tokens=False)["input_ids"]
     return int(ids[0])
 
 
@@ -367,8 +367,9 @@ def trace(
     `noise_subjects`, default known_1000's subjects), a float scale, or an explicit array [samples, subject tokens,
     d_model]; a scale multiplies `numpy.random.RandomState(seed).randn(samples, subject tokens, d_model)` as in
     the original. uniform draws U(-1, 1) x scale instead; replace sets the subject's token embeddings to the noise
-    instead of adding it. answer: the token (id or string, first token) to score; default the clean prediction.
-    sever: "mlp" or "attn" freezes that module's outputs at the restored token in every layer at their corrupted
+    instead of adding it. answer: the token to score (an id, or a string's first token; a
+    string without a leading space gets one, as ROME's targets do: "Paris" is " Paris"); default the clean
+    prediction. sever: "mlp" or "attn" freezes that module's outputs at the restored token in every layer at their corrupted
     values (paper Fig. 3). token_range: restore only these tokens (None: all, "subject_last", or token indices);
     the others' scores are NaN. chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU,
     all at once on accelerators.
