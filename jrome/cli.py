@@ -293,6 +293,7 @@ def _fact_rows(lm, prompts: Sequence[str], target: int, old: int) -> list[dict]:
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import edit, hparams_for
     from .editing.rome import Request
+    from .editing.stats import corpus_files
     from .models.checkpoint import export_hf, save
 
     lm = _load_model(args)
@@ -300,7 +301,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     if args.rrome:
         overrides["rrome"] = True
+    if args.no_stats:
+        overrides["mom2_adjustment"] = False
     hp = hparams_for(lm.name, lm.config.family).override(**overrides)
+    if hp.mom2_adjustment:
+        try:
+            corpus_files(hp.mom2_corpus)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; or add --no-stats to edit with C = I") from None
+    else:
+        print("key statistics: none (--no-stats), so C = I; the paper's ROME uses them", file=sys.stderr)
     prompts = [req.text, *args.check]
     target = lm.tokenizer(" " + args.target.strip(), add_special_tokens=False)["input_ids"][0]
     probe = _fact_rows(lm, [req.text], 0, 0)[0]
@@ -370,26 +380,43 @@ def count(minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one that says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        says_nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not says_nothing and action.default != [] and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jrome", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a hub id, or a .gguf file")
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-        p.add_argument("--mesh", help="shard over devices, e.g. 'data=2,model=4' (model: weights; data: trace samples)")
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter precision")
+        p.add_argument(
+            "--mesh",
+            help="shard over data x model devices, e.g. 'data=2,model=3' (model divides heads, kv heads and the MLP "
+            "width; data splits trace samples)",
+        )
 
-    p = sub.add_parser("demo", help="trace and edit a fact on the embedded model (the README's first command)")
-    p.add_argument("--model", default="smollm2")
+    p = sub.add_parser(
+        "demo", formatter_class=_Help, help="trace and edit a fact on the embedded model (the README's first command)"
+    )
+    p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a hub id, or a .gguf file")
     p.add_argument("--out", default="jrome-demo", help="folder for the heatmaps and summary.json")
     p.add_argument("--samples", type=count(), default=10, help="noise samples of the trace (>= 1)")
     p.add_argument("--stats-tokens", type=count(), default=20_000, help="wikitext-2 tokens of key statistics (>= 1)")
     p.add_argument("--tokens", type=count(), default=16, help="tokens generated before and after the edit (>= 1)")
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("predict", help="top next-token predictions for prompts")
+    p = sub.add_parser("predict", formatter_class=_Help, help="top next-token predictions for prompts")
     model_args(p)
-    p.add_argument("--prompt", action="append", required=True)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--top", type=count(), default=5, help="predictions shown per prompt (>= 1)")
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(run=cmd_predict)
@@ -400,11 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--window", type=count(), default=10, help="layers restored together for mlp/attn kinds (>= 1)")
         p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
 
-    p = sub.add_parser("trace", help="causal trace of one prompt (paper Fig. 1)")
+    p = sub.add_parser("trace", formatter_class=_Help, help="causal trace of one prompt (paper Fig. 1)")
     model_args(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--subject", required=True)
-    p.add_argument("--kind", default="all", choices=["all", "hidden", "mlp", "attn"])
+    p.add_argument("--prompt", required=True, help="the fact's prompt, with the subject written in")
+    p.add_argument("--subject", required=True, help="the subject, as it appears in the prompt")
+    p.add_argument("--kind", default="all", choices=["all", "hidden", "mlp", "attn"], help="which states are restored")
     trace_args(p)
     p.add_argument("--uniform", action="store_true", help="uniform noise instead of Gaussian")
     p.add_argument("--replace", action="store_true", help="replace the subject embeddings by the noise")
@@ -415,25 +442,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="heatmap path (PNG; a PDF is written beside it); one per kind")
     p.set_defaults(run=cmd_trace)
 
-    p = sub.add_parser("trace-dataset", help="average indirect effects over known facts (paper Fig. 2)")
+    p = sub.add_parser(
+        "trace-dataset", formatter_class=_Help, help="average indirect effects over known facts (paper Fig. 2)"
+    )
     model_args(p)
     p.add_argument("--facts", default="known_1000", help="known_1000 (from $JROME_DATA_DIR) or a JSON path")
     p.add_argument("--n", type=count(), help="trace the first N facts (>= 1; default: all)")
-    p.add_argument("--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"])
+    p.add_argument(
+        "--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"],
+        help="which states are restored",
+    )  # fmt: skip
     trace_args(p)
     p.add_argument("--sever", nargs="+", choices=["mlp", "attn"], help="also trace h with that severed (Fig. 3)")
     p.add_argument("--out", required=True, help="folder for per-fact results (resumable) and the summary")
     p.set_defaults(run=cmd_trace_dataset)
 
-    p = sub.add_parser("edit", help="rewrite a fact with ROME and compare predictions before and after")
+    p = sub.add_parser(
+        "edit", formatter_class=_Help, help="rewrite a fact with ROME and compare predictions before and after"
+    )
     model_args(p)
     p.add_argument("--prompt", required=True, help='the fact\'s prompt, "{}" where the subject goes')
-    p.add_argument("--subject", required=True)
-    p.add_argument("--target", required=True, help="the new object")
+    p.add_argument("--subject", required=True, help="the subject, as it appears where {} is")
+    p.add_argument("--target", required=True, help="the new object ('Rome' is scored as ' Rome')")
     p.add_argument("--check", action="append", default=[], help="another prompt to compare (repeatable)")
     p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
     p.add_argument("--stats-tokens", type=count(), help="tokens of key statistics (>= 1; default: the preset's)")
     p.add_argument("--rrome", action="store_true", help="r-ROME: the averaged key in the closed form too")
+    p.add_argument(
+        "--no-stats", action="store_true",
+        help="no key statistics (C = I, so no WikiText needed; the paper's ROME uses them)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the generated context templates")
     p.add_argument("--json", help="write the request, predictions before/after, losses and seconds")
     p.add_argument("--save", help="save the edited model here (orbax checkpoint)")
@@ -441,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing --save/--export-hf folders")
     p.set_defaults(run=cmd_edit)
 
-    p = sub.add_parser("eval", help="evaluate an editing method on CounterFact or zsRE (resumable)")
+    p = sub.add_parser(
+        "eval", formatter_class=_Help, help="evaluate an editing method on CounterFact or zsRE (resumable)"
+    )
     model_args(p)
     p.add_argument("--method", required=True, help="none, rome, r-rome, ft, ft-l or memit")
     p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
@@ -453,16 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-out-len", type=count(0), default=100,
         help="tokens of each generation for fluency and consistency, prompt included (>= 0; the original's 100; 0: skip)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated context templates and generations")
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("generate", help="continue prompts, greedily or by sampling")
+    p = sub.add_parser("generate", formatter_class=_Help, help="continue prompts, greedily or by sampling")
     model_args(p)
-    p.add_argument("--prompt", action="append", required=True)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--max-new-tokens", type=count(), default=30, help="tokens to add (>= 1)")
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
     p.add_argument("--top-k", type=count(), help="sample from the k most likely (>= 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     p.set_defaults(run=cmd_generate)
     return parser
 

@@ -243,3 +243,22 @@ def test_a_model_without_a_preset_needs_a_layer(tiny_lm):
 
 def test_a_prompt_with_the_subject_written_out_is_the_same_request():
     assert Request.parse(EIFFEL | {"prompt": "The Eiffel Tower is located in the city of"}) == Request.parse(EIFFEL)
+
+
+@pytest.mark.slow
+def test_an_edit_says_what_its_slow_steps_do_unless_asked_not_to(smollm2, capsys):
+    request = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
+    small = {
+        "mom2_n_tokens": 1000,
+        "mom2_regularize": 1e-3,
+        "context_template_length_params": [[5, 2]],
+        "v_num_grad_steps": 2,
+    }
+    edit(smollm2, request, small, seed=7)
+    said = capsys.readouterr().err
+    assert "key statistics, layer 4 (cached for next time)" in said
+    assert "sampling 2 ROME context templates from the model" in said and "ROME v* search at layer 4" in said
+    rome_templates(smollm2, [[5, 2]], seed=8, progress=False)  # new templates
+    templates = rome_templates(smollm2, [[5, 2]], seed=7)
+    edit(smollm2, request, small | {"mom2_n_tokens": 900, "context_templates": templates}, progress=False)  # new C
+    assert capsys.readouterr().err == ""

@@ -54,11 +54,9 @@ def test_a_mesh_that_does_not_divide_the_model_names_the_dimension(tiny_dir):
 
 
 @pytest.mark.slow
-def test_cli_mesh_on_the_real_model():
+def test_cli_mesh_that_does_not_divide_the_real_model():
+    """(tests/test_docs.py runs the README's mesh command, which does divide it.)"""
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     base = [sys.executable, "-m", "jrome.cli", "predict", "--prompt", "The Eiffel Tower is located in the city of"]
-    run = subprocess.run([*base, "--mesh", "data=2,model=3"], capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "data=2 x model=3 mesh" in run.stderr and "' Paris'" in run.stdout
     bad = subprocess.run([*base, "--mesh", "model=2"], capture_output=True, text=True, env=env, timeout=900)
     assert bad.returncode == 2 and "model axis of 2 does not divide n_heads=9" in bad.stderr

@@ -154,7 +154,8 @@ def test_eiffel_tower_shows_the_early_and_the_late_site(eiffel_hidden):
         ({"kind": "neurons"}, "kind='neurons'; accepted: hidden, mlp, attn"),
         ({"kind": "mlp", "sever": "mlp"}, "sever applies to hidden-state traces only"),
         ({"noise": "x3"}, "noise='x3'; accepted"),
-        ({"answer": ""}, "tokenises to nothing"),
+        ({"answer": ""}, "the answer '' is empty"),
+        ({"answer": "  "}, "the answer '  ' is empty"),
         ({"token_range": "subject_first"}, "token_range='subject_first'; accepted"),
         ({"token_range": [2, 6]}, r"token_range \[2, 6\]: give token indices in \[0, 6\)"),
         ({"token_range": []}, "at least one"),
@@ -164,6 +165,15 @@ def test_bad_input_is_a_clear_error(smollm2, kwargs, message):
     args = {"prompt": "The Eiffel Tower is in", "subject": "Eiffel Tower", "samples": 3, "noise": 0.1} | kwargs
     with pytest.raises(ValueError, match=message):
         trace(smollm2, **args)
+
+
+def test_an_answer_without_its_leading_space_is_scored_as_a_target_is(smollm2):
+    prompt, subject = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
+    paris = smollm2.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    assert paris != smollm2.tokenizer("Paris", add_special_tokens=False)["input_ids"][0]
+    for answer in ("Paris", " Paris", paris):
+        runs = corrupt_and_clean(smollm2, prompt, subject, samples=2, noise=0.1, answer=answer)
+        assert runs.answer_id == paris and runs.high > 0.5
 
 
 def test_a_prompt_longer_than_the_context_is_an_error(tiny_lm):

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..models.lm import LM
 from .hparams import MemitHparams, hparams_for
@@ -66,9 +67,9 @@ def resolve_hparams(lm: LM, hparams: MemitHparams | dict | None) -> MemitHparams
     return hp
 
 
-def context_groups(lm: LM, hp: MemitHparams, seed: int = 0) -> tuple[tuple[str, ...], ...]:
+def context_groups(lm: LM, hp: MemitHparams, seed: int = 0, progress: bool = False) -> tuple[tuple[str, ...], ...]:
     """MEMIT's template groups: from the explicit templates in hp, else generated (cached per model)."""
-    return template_groups(hp.context_templates) if hp.context_templates else memit_templates(lm, seed)
+    return template_groups(hp.context_templates) if hp.context_templates else memit_templates(lm, seed, progress)
 
 
 def targets(
@@ -77,13 +78,15 @@ def targets(
     target_ids: Sequence[Sequence[int]],
     hp: MemitHparams,
     groups: Sequence[Sequence[str]],
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Phase one: each fact's residual target z at the last edited layer, by the v* search on the residual
     over every template: (z [N, D] float64, losses [N, steps, 4])."""
     flat = tuple(t for g in groups for t in g)
     nll_layer = None if hp.v_loss_layer in (None, lm.config.n_layers - 1) else hp.v_loss_layer
     zs, losses = [], []
-    for req, ids in zip(reqs, target_ids, strict=True):
+    facts = tqdm(zip(reqs, target_ids, strict=True), f"MEMIT targets at layer {hp.layers[-1]}", len(reqs), disable=not progress)  # fmt: skip
+    for req, ids in facts:
         delta, z_init, loss = search(lm, req, flat, ids, hp.layers[-1], hp, site="resid", nll_layer=nll_layer)
         zs.append(z_init + delta)
         losses.append(loss)
@@ -124,10 +127,12 @@ def edit(
     stats: dict[int, KeyStats] | None = None,
     *,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[LM, Undo]:
     """Apply MEMIT to all requests together; return the edited LM and an Undo. `lm` itself is not changed.
 
     stats: {layer: KeyStats} for every edited layer (default: computed in one pass and cached on disk).
+    progress: say what the slow steps do (statistics, templates, each fact's v* search) on stderr.
     """
     reqs, target_ids = parse_requests(lm, requests, "MEMIT")
     hp = resolve_hparams(lm, hparams)
@@ -135,10 +140,12 @@ def edit(
     if len(set(subjects)) < len(subjects):
         raise ValueError("MEMIT edits each subject once per batch; these requests repeat a subject")
     if stats is None:
-        stats = key_statistics(lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)
+        stats = key_statistics(
+            lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
+        )
     missing = [layer for layer in hp.layers if layer not in stats]
     if missing:
         raise ValueError(f"stats has no statistics for layers {missing}")
-    groups = context_groups(lm, hp, seed)
-    z, losses = targets(lm, reqs, target_ids, hp, groups)
+    groups = context_groups(lm, hp, seed, progress)
+    z, losses = targets(lm, reqs, target_ids, hp, groups, progress)
     return spread(lm, reqs, z, hp, stats, groups, losses)

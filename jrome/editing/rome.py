@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..models.lm import LM
 from .hparams import RomeHparams, hparams_for
@@ -62,7 +63,9 @@ class Edit:
     seconds: float
 
 
-def resolve_stats(lm: LM, hp: RomeHparams, layer: int, stats: Any) -> KeyStats | np.ndarray | None:
+def resolve_stats(
+    lm: LM, hp: RomeHparams, layer: int, stats: Any, progress: bool = True
+) -> KeyStats | np.ndarray | None:
     """The key statistics for `layer`: given (KeyStats, an array C, a statistics file in the original's layout,
     or {layer: one of those}), else computed over hp's corpus (cached)."""
     if not hp.mom2_adjustment:
@@ -74,7 +77,9 @@ def resolve_stats(lm: LM, hp: RomeHparams, layer: int, stats: Any) -> KeyStats |
     if isinstance(stats, str | os.PathLike):
         return read_layer_stats(stats, layer)
     if stats is None:
-        return key_statistics(lm, layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)[layer]
+        return key_statistics(
+            lm, layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
+        )[layer]
     return stats
 
 
@@ -96,9 +101,9 @@ def resolve_hparams(lm: LM, hparams: RomeHparams | dict | None) -> RomeHparams:
     return hp
 
 
-def context_templates(lm: LM, hp: RomeHparams, seed: int = 0) -> tuple[str, ...]:
+def context_templates(lm: LM, hp: RomeHparams, seed: int = 0, progress: bool = False) -> tuple[str, ...]:
     """The templates an edit uses: the explicit ones in hp, else ROME's generated ones (cached per model)."""
-    return hp.context_templates or rome_templates(lm, hp.context_template_length_params, seed)
+    return hp.context_templates or rome_templates(lm, hp.context_template_length_params, seed, progress)
 
 
 def edit(
@@ -109,6 +114,7 @@ def edit(
     *,
     seed: int = 0,
     fast: bool = True,
+    progress: bool = True,
 ) -> tuple[LM, Undo]:
     """Apply ROME for each request in turn; return the edited LM and an Undo. `lm` itself is not changed.
 
@@ -117,14 +123,16 @@ def edit(
     stats: precomputed key statistics (KeyStats, C as an array, or {layer: KeyStats}); default: computed
     over hparams.mom2_corpus and cached on disk. Context templates are generated once per model (seeded).
     fast=False runs the v* search as full forwards (the straightforward version, for checks and benchmarks).
+    progress: say what the slow steps do (statistics, templates, each request's v* search) on stderr.
     """
     reqs, targets = parse_requests(lm, requests, "ROME")
     hp = resolve_hparams(lm, hparams)
     layer = hp.layer
-    solve = KeySolver(resolve_stats(lm, hp, layer, stats), lm.config.d_mlp, hp.mom2_regularize)
-    templates = context_templates(lm, hp, seed)
+    solve = KeySolver(resolve_stats(lm, hp, layer, stats, progress), lm.config.d_mlp, hp.mom2_regularize)
+    templates = context_templates(lm, hp, seed, progress)
     edits, current = [], lm
-    for req, target_ids in zip(reqs, targets, strict=True):
+    steps = tqdm(zip(reqs, targets, strict=True), f"ROME v* search at layer {layer}", len(reqs), disable=not progress)
+    for req, target_ids in steps:
         start = time.perf_counter()
         keys = template_keys(current, req, (*templates, "{}"), layer, hp.fact_token)
         k_star = keys[:-1].mean(axis=0)

@@ -281,7 +281,9 @@ def key_statistics(
 
     total = np.zeros((len(todo), lm.config.d_mlp, lm.config.d_mlp))
     count = 0
-    for ids, mask in tqdm(batches, desc="key statistics", disable=not progress):
+    where = f"key statistics, layer{'s' if len(todo) > 1 else ''} {', '.join(map(str, todo))}"
+    cached = " (cached for next time)" if cache else ""
+    for ids, mask in tqdm(batches, desc=where + cached, disable=not progress):
         total += np.asarray(_moments(lm.config, lm.params, ids, mask, todo), np.float64)
         count += int(mask.sum())
     corpus_name = corpus if isinstance(corpus, str) else ",".join(str(f) for f in files)

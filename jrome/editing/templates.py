@@ -19,6 +19,7 @@ process-wide cache: an edited model keeps the templates its unedited version wro
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from ..generation import generate_fast
@@ -54,10 +55,16 @@ def as_template(text: str) -> str:
     return text.replace("{", " ").replace("}", " ") + ". {}"
 
 
-def rome_templates(lm: LM, length_params: Sequence[Sequence[int]], seed: int = 0) -> tuple[str, ...]:
+def rome_templates(
+    lm: LM, length_params: Sequence[Sequence[int]], seed: int = 0, progress: bool = False
+) -> tuple[str, ...]:
     """ROME's templates: "{}" and `count` samples of `length` tokens from the start-of-text token, per pair."""
     key = ("rome", lm.name, lm.config, tuple(map(tuple, length_params)), seed)
     if key not in _CACHE:
+        if progress:
+            count = sum(int(c) for _, c in length_params)
+            print(f"sampling {count} ROME context templates from the model (kept for this model in this process)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         start = start_text(lm.tokenizer)
         templates = ["{}"]
         for length, count in length_params:
@@ -66,10 +73,13 @@ def rome_templates(lm: LM, length_params: Sequence[Sequence[int]], seed: int = 0
     return _CACHE[key]
 
 
-def memit_templates(lm: LM, seed: int = 0) -> tuple[tuple[str, ...], ...]:
+def memit_templates(lm: LM, seed: int = 0, progress: bool = False) -> tuple[tuple[str, ...], ...]:
     """MEMIT's template groups: ("{}",) and one 10-token sample from each of its five starters."""
     key = ("memit", lm.name, lm.config, seed)
     if key not in _CACHE:
+        if progress:
+            print("sampling 5 MEMIT context templates from the model (kept for this model in this process)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         samples = sample_texts(lm, list(MEMIT_STARTERS), MEMIT_LENGTH, seed)
         _CACHE[key] = (("{}",), tuple(as_template(t) for t in samples))
     return _CACHE[key]

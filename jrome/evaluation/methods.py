@@ -29,8 +29,9 @@ class Method(Protocol):
 
     name: str
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> Any:
-        """This method's context for a run: made once, saved in folder (if any), read back when resuming."""
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> Any:
+        """This method's context for a run: made once, saved in folder (if any), read back when resuming; progress
+        says what its slow steps (statistics, templates) do."""
         ...
 
     def apply(self, lm: LM, case: EditCase, ctx: Any) -> LM:
@@ -75,7 +76,7 @@ class NoEdit:
 
     name: str = "none"
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> None:
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> None:
         if overrides:
             raise ValueError(f"method 'none' takes no hyperparameters; got {sorted(overrides)}")
         saved_hparams(folder, self.name, lm, {}, lambda: None)
@@ -99,19 +100,23 @@ class Rome:
     name: str = "rome"
     rrome: bool = False
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> RomeContext:
+    def prepare(
+        self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
+    ) -> RomeContext:
         def make() -> dict[str, Any]:
             hp = rome.resolve_hparams(lm, {**overrides, "rrome": self.rrome})
-            return hp.override(context_templates=list(rome.context_templates(lm, hp, seed))).to_dict()
+            return hp.override(context_templates=list(rome.context_templates(lm, hp, seed, progress))).to_dict()
 
         hp = RomeHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
         stats = None
         if hp.mom2_adjustment:
-            stats = key_statistics(lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)
+            stats = key_statistics(
+                lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
+            )
         return RomeContext(hp, None if stats is None else stats[hp.layer])
 
     def apply(self, lm: LM, case: EditCase, ctx: RomeContext) -> LM:
-        return rome.edit(lm, case.request, ctx.hparams, stats=ctx.stats)[0]
+        return rome.edit(lm, case.request, ctx.hparams, stats=ctx.stats, progress=False)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,18 +133,22 @@ class Memit:
 
     name: str = "memit"
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> MemitContext:
+    def prepare(
+        self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
+    ) -> MemitContext:
         def make() -> dict[str, Any]:
             hp = memit.resolve_hparams(lm, overrides)
-            flat = [t for group in memit.context_groups(lm, hp, seed) for t in group]
+            flat = [t for group in memit.context_groups(lm, hp, seed, progress) for t in group]
             return hp.override(context_templates=flat).to_dict()
 
         hp = MemitHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
-        stats = key_statistics(lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples)
+        stats = key_statistics(
+            lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
+        )
         return MemitContext(hp, stats)
 
     def apply(self, lm: LM, case: EditCase, ctx: MemitContext) -> LM:
-        return memit.edit(lm, [case.request], ctx.hparams, ctx.stats)[0]
+        return memit.edit(lm, [case.request], ctx.hparams, ctx.stats, progress=False)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +164,9 @@ class FineTune:
 
     name: str = "ft"
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int) -> FTContext:
+    def prepare(
+        self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
+    ) -> FTContext:
         def make() -> dict[str, Any]:
             return ft_hparams_for(lm.name, lm.config.family, self.name).override(**overrides).to_dict()
 

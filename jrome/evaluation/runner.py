@@ -157,7 +157,7 @@ def run_eval(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     editor = METHODS[method]
-    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed)
+    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress)
     references, generation_notes = _generation_setup(cases, max_out_len)
     notes += generation_notes
     done = read_jsonl(folder / "cases.jsonl", "case_id") if folder is not None else {}
