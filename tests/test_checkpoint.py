@@ -67,3 +67,19 @@ def test_writes_are_whole_or_absent(tiny_lm, tmp_path):
         jrome.export_hf(broken, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_what_is_written_gets_the_users_umask(tiny_lm, tmp_path, umask):
+    import os
+
+    from jrome.files import atomic_write_text
+
+    before = os.umask(umask)
+    try:
+        jrome.save(tiny_lm("gpt2"), tmp_path / "saved")
+        atomic_write_text(tmp_path / "result.json", "{}")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "saved").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o666 & ~umask
