@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -359,6 +360,7 @@ def trace(
     token_range: str | Sequence[int] | None = None,
     noise_subjects: Sequence[str] | None = None,
     chunk: int | None = None,
+    progress: bool = True,
 ) -> TraceResult:
     """Causal trace of `subject` in `prompt`: p(answer) with each (token, layer) state restored after corruption.
 
@@ -367,12 +369,12 @@ def trace(
     `noise_subjects`, default known_1000's subjects), a float scale, or an explicit array [samples, subject tokens,
     d_model]; a scale multiplies `numpy.random.RandomState(seed).randn(samples, subject tokens, d_model)` as in
     the original. uniform draws U(-1, 1) x scale instead; replace sets the subject's token embeddings to the noise
-    instead of adding it. answer: the token to score (an id, or a string's first token; a
-    string without a leading space gets one, as ROME's targets do: "Paris" is " Paris"); default the clean
-    prediction. sever: "mlp" or "attn" freezes that module's outputs at the restored token in every layer at their corrupted
-    values (paper Fig. 3). token_range: restore only these tokens (None: all, "subject_last", or token indices);
-    the others' scores are NaN. chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU,
-    all at once on accelerators.
+    instead of adding it. answer: the token to score (an id, or a string's first token; a string without a
+    leading space gets one, as ROME's targets do: "Paris" is " Paris"); default the clean prediction. sever:
+    "mlp" or "attn" freezes that module's outputs at the restored token in every layer at their corrupted values
+    (paper Fig. 3). token_range: restore only these tokens (None: all, "subject_last", or token indices); the
+    others' scores are NaN. chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU, all at
+    once on accelerators. progress: say on stderr what is traced before the (seconds-long) program runs.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}")
@@ -382,4 +384,8 @@ def trace(
         lm, prompt, subject, samples=samples, noise=noise, seed=seed, uniform=uniform, replace=replace, answer=answer,
         noise_subjects=noise_subjects,
     )  # fmt: skip
+    if progress:
+        tokens, layers = len(runs.ids), lm.config.n_layers
+        print(f"causal trace ({kind}): {tokens} tokens x {layers} layers restored, {runs.samples} noise samples each, "
+              "in one compiled program", file=sys.stderr, flush=True)  # fmt: skip
     return restore(lm, runs, kind, window=window, sever=sever, token_range=token_range, chunk=chunk)
