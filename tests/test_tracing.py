@@ -186,6 +186,6 @@ def test_a_trace_says_what_it_traces_unless_asked_not_to(tiny_lm, capsys):
     lm = tiny_lm("gpt2")
     args = dict(prompt="the eiffel tower is located in the city of", subject="eiffel tower", samples=2, noise=0.1)
     loud = trace(lm, kind="mlp", **args)
-    assert capsys.readouterr().err == "causal trace (mlp): 10 tokens x 3 layers restored, 2 noise samples each, in one compiled program\n"  # fmt: skip
+    assert capsys.readouterr().err == "causal trace (mlp): 9 tokens x 3 layers restored, 2 noise samples each, in one compiled program\n"  # fmt: skip
     quiet = trace(lm, kind="mlp", progress=False, **args)
     assert capsys.readouterr().err == "" and np.array_equal(loud.scores, quiet.scores)
