@@ -184,6 +184,7 @@ def test_a_prompt_longer_than_the_context_is_an_error(tiny_lm):
 
 def test_a_trace_says_what_it_traces_unless_asked_not_to(tiny_lm, capsys):
     lm = tiny_lm("gpt2")
+    capsys.readouterr()  # building the tiny checkpoint may print
     args = dict(prompt="the eiffel tower is located in the city of", subject="eiffel tower", samples=2, noise=0.1)
     loud = trace(lm, kind="mlp", **args)
     assert capsys.readouterr().err == "causal trace (mlp): 9 tokens x 3 layers restored, 2 noise samples each, in one compiled program\n"  # fmt: skip
