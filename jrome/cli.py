@@ -345,7 +345,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import markdown_table, run_eval
+    from .evaluation.datasets import resolve_dataset
+    from .evaluation.methods import get_method
 
+    get_method(args.method), resolve_dataset(args.dataset)  # bad names stop before the model is loaded
     lm = _load_model(args)
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     summary = run_eval(

@@ -207,3 +207,15 @@ def test_ctrl_c_keeps_finished_cases_and_says_how_to_resume(jrome, tmp_path):
     resumed = jrome(*[str(len(kept)) if a == "100" else a for a in args])  # the same run, cut to what was kept
     assert resumed.returncode == 0 and json.loads((out / "summary.json").read_text())["n"] == len(kept)
     assert log.read_text().count("\n") == len(kept)  # nothing was redone
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--method", "magic", "--dataset", "zsre"), "unknown method 'magic'; known methods: none, rome"),
+        (("--method", "rome", "--dataset", "nope"), "unknown dataset 'nope'; known datasets: counterfact, zsre"),
+    ],
+)
+def test_eval_checks_method_and_dataset_before_loading_the_model(jrome, tmp_path, args, message):
+    out = jrome("eval", *args, "--n", "1", "--out", str(tmp_path / "o"), "--model", "/nonexistent/model")
+    assert out.returncode == 2 and message in out.stderr and not (tmp_path / "o").exists()

@@ -162,17 +162,19 @@ def dataset_path(name: str) -> Path:
         ) from err
 
 
-def load_dataset(name_or_path: str | os.PathLike) -> list[EditCase]:
-    """A dataset by name ("counterfact", "zsre") or a JSON file in either format."""
+def resolve_dataset(name_or_path: str | os.PathLike) -> tuple[str, Path]:
+    """(format, file) of a dataset name ("counterfact", "zsre") or JSON path; an unknown one is an error."""
     path = Path(name_or_path)
     if str(name_or_path) in DATASETS:
-        name, path = str(name_or_path), dataset_path(str(name_or_path))
-    elif path.is_file():
-        name = "zsre" if "zsre" in path.name.lower() else "counterfact"
-    else:
-        raise ValueError(
-            f"unknown dataset {str(name_or_path)!r}; known datasets: {', '.join(DATASETS)}, or a JSON path"
-        )
+        return str(name_or_path), dataset_path(str(name_or_path))
+    if path.is_file():
+        return ("zsre" if "zsre" in path.name.lower() else "counterfact"), path
+    raise ValueError(f"unknown dataset {str(name_or_path)!r}; known datasets: {', '.join(DATASETS)}, or a JSON path")
+
+
+def load_dataset(name_or_path: str | os.PathLike) -> list[EditCase]:
+    """A dataset by name ("counterfact", "zsre") or a JSON file in either format."""
+    name, path = resolve_dataset(name_or_path)
     records = json.loads(path.read_text())
     if not isinstance(records, list):
         raise ValueError(f"{path} must hold a JSON list of records")

@@ -179,3 +179,10 @@ class FineTune:
 METHODS: dict[str, Method] = {
     m.name: m for m in (NoEdit(), Rome(), Rome("r-rome", rrome=True), FineTune("ft"), FineTune("ft-l"), Memit())
 }
+
+
+def get_method(name: str) -> Method:
+    """The method of this name; an unknown one is an error that lists the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[name]

@@ -22,7 +22,7 @@ from ..models.lm import LM
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
 from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
-from .methods import METHODS
+from .methods import get_method
 from .metrics import counterfact_case_scores, counterfact_nlls, zsre_case_scores, zsre_correct
 
 # Summary columns named as in the paper, and the per-case field each averages.
@@ -141,8 +141,7 @@ def run_eval(
 
     max_out_len: tokens of each generation, prompt included (the original's 100); 0 skips GE and RS.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    editor = get_method(method)
     if n is not None and n < 1:
         raise ValueError(f"n={n} is not a number of cases; accepted: n >= 1, or None for all")
     if max_out_len < 0:
@@ -156,7 +155,6 @@ def run_eval(
     folder = Path(out) if out is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    editor = METHODS[method]
     ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress)
     references, generation_notes = _generation_setup(cases, max_out_len)
     notes += generation_notes
