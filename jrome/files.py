@@ -94,3 +94,21 @@ def read_jsonl(path: str | os.PathLike, key: str) -> dict:
     if len(done) != len(lines):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
+
+
+def check_settings(folder: str | os.PathLike, settings: dict, log: str) -> None:
+    """Record a resumable run's settings in folder/settings.json, or check that the run already there used the same
+    ones, so that a resumed run never mixes results made differently. `log` is the run's JSONL of finished work."""
+    folder = Path(folder)
+    path = folder / "settings.json"
+    fresh = "; to start fresh, use a new folder or delete " + str(folder)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        current = json.loads(json.dumps(settings))
+        diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in current.items() if saved.get(k) != v]
+        if diffs:
+            raise ValueError(f"{folder} holds a run with other settings ({'; '.join(diffs)}){fresh}")
+    elif (folder / log).is_file():
+        raise ValueError(f"{folder} holds {log} but no settings.json, so it cannot be resumed safely{fresh}")
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=2))

@@ -352,9 +352,26 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_
     summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short, max_out_len=0, progress=False)
     assert calls == [json.loads(lines[2])["case_id"]] and summary["n"] == 3
     with pytest.raises(ValueError, match=r"was started with other hyperparameters than \{'layer': 3\}"):
-        run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short | {"layer": 3}, progress=False)
+        run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short | {"layer": 3}, max_out_len=0, progress=False)
     with pytest.raises(ValueError, match="holds a run of 'ft' on 'smollm2', not 'ft-l' on 'smollm2'"):
-        run_eval(smollm2, "ft-l", "counterfact", 3, tmp_path, progress=False)
+        run_eval(smollm2, "ft-l", "counterfact", 3, tmp_path, max_out_len=0, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": "zsre"}, "dataset 'counterfact' there, 'zsre' now"),
+        ({"max_out_len": 20}, "max_out_len 0 there, 20 now"),
+        ({"seed": 1}, "seed 0 there, 1 now"),
+    ],
+)
+def test_a_run_resumes_only_with_the_same_dataset_and_scoring(smollm2, tmp_path, change, message):
+    run = {"method": "none", "dataset": "counterfact", "n": 1, "out": tmp_path, "max_out_len": 0, "seed": 0}
+    run_eval(smollm2, **run, progress=False)
+    before = (tmp_path / "cases.jsonl").read_text()
+    with pytest.raises(ValueError, match=f"{tmp_path} holds a run with other settings \\({message}\\); to start"):
+        run_eval(smollm2, **run | change, progress=False)
+    assert (tmp_path / "cases.jsonl").read_text() == before
 
 
 def test_bad_input(smollm2, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import append_jsonl, atomic_write_text, read_jsonl
+from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl
 from ..models.lm import LM
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
@@ -155,6 +155,8 @@ def run_eval(
     folder = Path(out) if out is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    if folder is not None:  # what decides a case's numbers besides the method's context (checked by prepare)
+        check_settings(folder, {"dataset": str(dataset), "max_out_len": max_out_len, "seed": seed}, "cases.jsonl")
     ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress)
     references, generation_notes = _generation_setup(cases, max_out_len)
     notes += generation_notes

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, check_settings, read_jsonl
 from ..models.lm import LM
 from ..plots import CATEGORIES, plot_average_effects, plot_severed_effects
 from .causal import SEVER, corrupt_and_clean, noise_scale, restore
@@ -139,22 +139,6 @@ def answers_correctly(lm: LM, prompt: str, attribute: str) -> tuple[bool, int]:
     return lm.tokenizer.decode([top]).strip() == attribute.strip(), top
 
 
-def _settings_check(folder: Path, settings: dict[str, Any]) -> None:
-    """Record the run's settings in the folder, or check that an earlier run there used the same ones."""
-    path = folder / "settings.json"
-    fresh = "; to start fresh, use a new folder or delete " + str(folder)
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        current = json.loads(json.dumps(settings))
-        diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in current.items() if saved.get(k) != v]
-        if diffs:
-            raise ValueError(f"{folder} holds a run with other settings ({'; '.join(diffs)}){fresh}")
-    elif (folder / "facts.jsonl").is_file():
-        raise ValueError(f"{folder} holds facts.jsonl but no settings.json, so it cannot be resumed safely{fresh}")
-    else:
-        atomic_write_text(path, json.dumps(settings, indent=2))
-
-
 def _read_done(path: Path, facts: Sequence[dict]) -> dict[int, dict]:
     """Finished records by fact index, checked against the facts given."""
     done = read_jsonl(path, "index")
@@ -207,7 +191,7 @@ def trace_dataset(
         folder.mkdir(parents=True, exist_ok=True)
         settings = {"model": lm.name, "noise_std": scale, "samples": samples, "window": window, "seed": seed,
                     "kinds": list(kinds), "sever": list(severed)}  # fmt: skip
-        _settings_check(folder, settings)
+        check_settings(folder, settings, "facts.jsonl")
         done = _read_done(folder / "facts.jsonl", facts)
     from tqdm.auto import tqdm
 
