@@ -353,7 +353,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
-        seed=args.seed,
+        seed=args.seed, pre_from=args.pre_from,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
     print(f"mean seconds per case: edit {summary['seconds_edit']:.2f}, scoring {summary['seconds_score']:.2f}")
@@ -497,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens of each generation for fluency and consistency, prompt included (>= 0; the original's 100; 0: skip)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the generated context templates and generations")
+    p.add_argument(
+        "--pre-from",
+        help="read pre-edit scores from an earlier run's --out on the same model, dataset and settings (e.g. none)",
+    )
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("generate", formatter_class=_Help, help="continue prompts, greedily or by sampling")

@@ -77,9 +77,9 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike, key: str) -> dict:
+def read_jsonl(path: str | os.PathLike, key: str, rewrite: bool = True) -> dict:
     """The records of a JSONL log by their `key` field (the first of repeats); a line cut short by an interruption
-    is dropped, so that work is redone. The file is rewritten without such lines and repeats."""
+    is dropped, so that work is redone. With `rewrite`, the file is rewritten without such lines and repeats."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -91,7 +91,7 @@ def read_jsonl(path: str | os.PathLike, key: str) -> dict:
         except json.JSONDecodeError:
             continue
         done.setdefault(record[key], record)
-    if len(done) != len(lines):
+    if rewrite and len(done) != len(lines):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
 

@@ -407,3 +407,23 @@ def test_n_larger_than_the_dataset_runs_what_there_is(smollm2, tmp_path, capsys)
     (tmp_path / "two.json").write_text(json.dumps([ORIGINAL, dict(ORIGINAL, case_id=8)]))
     summary = run_eval(smollm2, "none", tmp_path / "two.json", 5, max_out_len=0, progress=False)
     assert summary["n"] == 2 and "n=5 is larger than the dataset (2 cases); running all 2" in capsys.readouterr().out
+
+
+def test_pre_edit_scores_are_read_from_an_earlier_run_of_the_same_settings(smollm2, tmp_path, monkeypatch):
+    from jrome.evaluation import runner
+
+    same = {"max_out_len": 0, "seed": 0, "progress": False}
+    none = run_eval(smollm2, "none", "counterfact", 2, tmp_path / "none", **same)
+    scored = []
+    real = runner.score_case
+    monkeypatch.setattr(runner, "score_case", lambda lm, case, *a: scored.append(lm is smollm2) or real(lm, case, *a))
+    ft = run_eval(smollm2, "ft", "counterfact", 2, tmp_path / "ft", hparams={"num_steps": 2}, pre_from=tmp_path / "none", **same)  # fmt: skip
+    assert scored == [False, False]  # only the edited models were scored
+
+    def pre(run: str) -> list:
+        return [json.loads(line)["pre"] for line in (tmp_path / run / "cases.jsonl").read_text().splitlines()]
+
+    assert pre("ft") == pre("none") and ft["metrics"]["ES"]["pre"] == none["metrics"]["ES"]["pre"]
+    assert "pre-edit scores of 2 cases read from" in ft["notes"][-1]
+    with pytest.raises(ValueError, match="scored with other settings \\(max_out_len 0 there, 10 now\\)"):
+        run_eval(smollm2, "ft", "counterfact", 2, tmp_path / "ft2", pre_from=tmp_path / "none", max_out_len=10)

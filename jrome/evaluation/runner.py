@@ -22,7 +22,7 @@ from ..models.lm import LM
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
 from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
-from .methods import get_method
+from .methods import CONTEXT_FILE, get_method
 from .metrics import counterfact_case_scores, counterfact_nlls, zsre_case_scores, zsre_correct
 
 # Summary columns named as in the paper, and the per-case field each averages.
@@ -125,6 +125,23 @@ def _generation_setup(cases: list[EditCase], max_out_len: int) -> tuple[Referenc
         return None, [f"RS not computed: {err}"]
 
 
+def pre_scores(folder: str | os.PathLike, lm: LM, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The pre-edit scores of an earlier run, by case id, after checking that it scored the same model with the
+    same settings (its numbers are then exactly the ones this run would compute)."""
+    folder = Path(folder)
+    if not ((folder / CONTEXT_FILE).is_file() and (folder / "settings.json").is_file()):
+        raise ValueError(f"pre_from {folder} is not an evaluation folder (it has no context.json and settings.json)")
+    saved = json.loads((folder / "settings.json").read_text())
+    saved["model"] = json.loads((folder / CONTEXT_FILE).read_text())["model"]
+    wanted = settings | {"model": lm.name}
+    diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in wanted.items() if saved.get(k) != v]
+    if diffs:
+        raise ValueError(
+            f"pre_from {folder} scored with other settings ({'; '.join(diffs)}); its pre-edit scores are not this run's"
+        )
+    return {cid: r["pre"] for cid, r in read_jsonl(folder / "cases.jsonl", "case_id", rewrite=False).items()}
+
+
 def run_eval(
     lm: LM,
     method: str,
@@ -135,11 +152,14 @@ def run_eval(
     hparams: dict | None = None,
     max_out_len: int = MAX_OUT_LEN,
     seed: int = 0,
+    pre_from: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `method` on the first n cases of `dataset`; per-case results go to out/cases.jsonl as they finish.
 
     max_out_len: tokens of each generation, prompt included (the original's 100); 0 skips GE and RS.
+    pre_from: the folder of an earlier run on the same model, dataset, max_out_len and seed (any method; `none`
+    is the cheapest) whose pre-edit scores are read instead of computed again, for the cases it has.
     """
     editor = get_method(method)
     if n is not None and n < 1:
@@ -155,8 +175,10 @@ def run_eval(
     folder = Path(out) if out is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    settings = {"dataset": str(dataset), "max_out_len": max_out_len, "seed": seed}
+    reused = {} if pre_from is None else pre_scores(pre_from, lm, settings)
     if folder is not None:  # what decides a case's numbers besides the method's context (checked by prepare)
-        check_settings(folder, {"dataset": str(dataset), "max_out_len": max_out_len, "seed": seed}, "cases.jsonl")
+        check_settings(folder, settings, "cases.jsonl")
     ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress)
     references, generation_notes = _generation_setup(cases, max_out_len)
     notes += generation_notes
@@ -169,7 +191,7 @@ def run_eval(
             records.append(done[case.case_id])
             continue
         start = time.perf_counter()
-        pre = score_case(lm, case, max_out_len, seed, references)
+        pre = reused[case.case_id] if case.case_id in reused else score_case(lm, case, max_out_len, seed, references)
         scored = time.perf_counter() - start
         start = time.perf_counter()
         edited = editor.apply(lm, case, ctx)
@@ -183,6 +205,8 @@ def run_eval(
         if folder is not None:
             append_jsonl(folder / "cases.jsonl", record)
         records.append(record)
+    if reused:
+        notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
     kind = cases[0].dataset if cases else "counterfact"
     summary = summarise(records, kind) | {
         "method": method, "dataset": str(dataset), "model": lm.name,
