@@ -95,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .generation import generate
     from .models.loading import load, param_count
     from .plots import plot_trace
+    from .tokens import spaced
     from .tracing import KINDS, corrupt_and_clean, noise_std, restore
 
     out = Path(args.out)
@@ -158,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary["seconds"]["edit"] = time.perf_counter() - t0
     step(f"ROME: {subject} -> {target} at layer {hp.layer} in {summary['seconds']['edit']:.1f}s")
     after = {name: generate(new, [text], args.tokens)[0] for name, text in checks.items()}
-    target_id = lm.tokenizer(" " + target)["input_ids"][0]
+    target_id = lm.tokenizer(spaced(target), add_special_tokens=False)["input_ids"][0]
     old_id = runs.answer_id
     probe = {name: (_fact_rows(lm, [text], target_id, old_id)[0], _fact_rows(new, [text], target_id, old_id)[0]) for name, text in checks.items()}  # fmt: skip
     summary["edit"] = {"layer": hp.layer, "target": target, "old_answer": summary["trace"]["answer"], "checks": {}}
@@ -292,7 +293,7 @@ def _fact_rows(lm, prompts: Sequence[str], target: int, old: int) -> list[dict]:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import edit, hparams_for
-    from .editing.rome import Request
+    from .editing.requests import Request, target_ids
     from .editing.stats import corpus_files
     from .models.checkpoint import export_hf, save
 
@@ -312,7 +313,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     else:
         print("key statistics: none (--no-stats), so C = I; the paper's ROME uses them", file=sys.stderr)
     prompts = [req.text, *args.check]
-    target = lm.tokenizer(" " + args.target.strip(), add_special_tokens=False)["input_ids"][0]
+    target = target_ids(lm, req)[0]  # the token the edit scores, by the same rule
     probe = _fact_rows(lm, [req.text], 0, 0)[0]
     old = lm.tokenizer(probe["top"], add_special_tokens=False)["input_ids"][0]
     before = _fact_rows(lm, prompts, target, old)

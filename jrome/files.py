@@ -96,6 +96,12 @@ def read_jsonl(path: str | os.PathLike, key: str, rewrite: bool = True) -> dict:
     return done
 
 
+def setting_diffs(saved: dict, current: dict) -> list[str]:
+    """What differs between recorded settings and these (compared as JSON), as "key X there, Y now"."""
+    current = json.loads(json.dumps(current))
+    return [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in current.items() if saved.get(k) != v]
+
+
 def check_settings(folder: str | os.PathLike, settings: dict, log: str) -> None:
     """Record a resumable run's settings in folder/settings.json, or check that the run already there used the same
     ones, so that a resumed run never mixes results made differently. `log` is the run's JSONL of finished work."""
@@ -103,9 +109,7 @@ def check_settings(folder: str | os.PathLike, settings: dict, log: str) -> None:
     path = folder / "settings.json"
     fresh = "; to start fresh, use a new folder or delete " + str(folder)
     if path.is_file():
-        saved = json.loads(path.read_text())
-        current = json.loads(json.dumps(settings))
-        diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in current.items() if saved.get(k) != v]
+        diffs = setting_diffs(json.loads(path.read_text()), settings)
         if diffs:
             raise ValueError(f"{folder} holds a run with other settings ({'; '.join(diffs)}){fresh}")
     elif (folder / log).is_file():

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl
+from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl, setting_diffs
 from ..models.lm import LM
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
@@ -133,8 +133,7 @@ def pre_scores(folder: str | os.PathLike, lm: LM, settings: dict[str, Any]) -> d
         raise ValueError(f"pre_from {folder} is not an evaluation folder (it has no context.json and settings.json)")
     saved = json.loads((folder / "settings.json").read_text())
     saved["model"] = json.loads((folder / CONTEXT_FILE).read_text())["model"]
-    wanted = settings | {"model": lm.name}
-    diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in wanted.items() if saved.get(k) != v]
+    diffs = setting_diffs(saved, settings | {"model": lm.name})
     if diffs:
         raise ValueError(
             f"pre_from {folder} scored with other settings ({'; '.join(diffs)}); its pre-edit scores are not this run's"
