@@ -134,7 +134,7 @@ def test_outputs_are_checked_before_any_work(jrome, tmp_path, args, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "file.txt").read_text() == "keep me"
 
 
-def test_overwrite_lets_an_existing_folder_be_replaced(jrome, tmp_path):
+def test_overwrite_lets_an_existing_folder_pass_the_output_check(jrome, tmp_path):
     out = jrome(
         "edit", "--prompt", "{} is", "--subject", "a", "--target", "b", "--save", str(tmp_path), "--overwrite",
         "--model", "/nonexistent/model",
