@@ -62,6 +62,9 @@ def test_writes_are_whole_or_absent(tiny_lm, tmp_path):
     jrome.save(lm, tmp_path / "ck")
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         jrome.save(lm, tmp_path / "ck")
+    (tmp_path / "ck" / "stale").write_text("from before")
+    jrome.save(lm, tmp_path / "ck", overwrite=True)  # replaced whole
+    assert not (tmp_path / "ck" / "stale").exists() and (tmp_path / "ck" / "jrome.json").is_file()
     broken = lm.replace(tokenizer=object())  # has no save_pretrained: fails after the weights are written
     with pytest.raises(AttributeError):
         jrome.export_hf(broken, tmp_path / "hf")
