@@ -354,7 +354,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
-        seed=args.seed, pre_from=args.pre_from,
+        seed=args.seed, pre_from=args.pre_from, batch=args.batch,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
     print(f"mean seconds per case: edit {summary['seconds_edit']:.2f}, scoring {summary['seconds_score']:.2f}")
@@ -502,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--pre-from",
         help="read pre-edit scores from an earlier run's --out on the same model, dataset and settings (e.g. none)",
     )
+    p.add_argument(
+        "--batch", type=count(), default=8,
+        help="cases edited together, each from the unedited model (ROME, r-ROME, MEMIT: one v* search program; >= 1)",
+    )  # fmt: skip
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("generate", formatter_class=_Help, help="continue prompts, greedily or by sampling")

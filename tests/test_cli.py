@@ -189,7 +189,12 @@ def test_ctrl_c_keeps_finished_cases_and_says_how_to_resume(jrome, tmp_path):
         "--max-out-len",
         "0",
     ]
-    proc = subprocess.Popen([sys.executable, "-m", "jrome.cli", *args], stderr=subprocess.PIPE, text=True)
+
+    def like_a_terminal() -> None:  # a test runner started in the background ignores SIGINT; its children would too
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    command = [sys.executable, "-m", "jrome.cli", *args]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=like_a_terminal)
     log, deadline = out / "cases.jsonl", time.monotonic() + 300
     while not (log.is_file() and log.read_text().count("\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"

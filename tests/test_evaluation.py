@@ -344,13 +344,15 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_
         name = "ft"
         prepare = real.prepare
 
-        def apply(self, lm, case, ctx):
-            calls.append(case.case_id)
-            return real.apply(lm, case, ctx)
+        def edit_each(self, lm, cases, ctx):
+            calls.extend(c.case_id for c in cases)
+            return real.edit_each(lm, cases, ctx)
 
     monkeypatch.setitem(methods.METHODS, "ft", Counting())
-    summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short, max_out_len=0, progress=False)
+    summary = run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short, max_out_len=0, batch=2, progress=False)
     assert calls == [json.loads(lines[2])["case_id"]] and summary["n"] == 3
+    kept = [json.loads(line)["case_id"] for line in (tmp_path / "cases.jsonl").read_text().splitlines()]
+    assert kept == [json.loads(line)["case_id"] for line in lines]  # the first two kept, the cut one redone
     with pytest.raises(ValueError, match=r"was started with other hyperparameters than \{'layer': 3\}"):
         run_eval(smollm2, "ft", "counterfact", 3, tmp_path, hparams=short | {"layer": 3}, max_out_len=0, progress=False)
     with pytest.raises(ValueError, match="holds a run of 'ft' on 'smollm2', not 'ft-l' on 'smollm2'"):

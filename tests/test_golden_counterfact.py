@@ -18,16 +18,17 @@ GROUPS = ("rewrite", "paraphrase", "neighborhood")
 @pytest.fixture(scope="module")
 def golden_and_ours(smollm2, golden_rome, golden_hparams):
     """The golden records, and jrome's NLLs for the same cases before and after jrome's ROME edit with the golden
-    layer, templates and C (one pass over the records)."""
+    layer, templates and C (each case edited from the unedited model, as the original's evaluation does; the v*
+    searches batched)."""
     golden = json.loads(golden_file("counterfact_smollm2_rome_L4.json").read_text())
     assert (golden["layer"], tuple(golden["templates"])) == (golden_hparams.layer, golden_hparams.context_templates)
     records = json.loads(data_file("counterfact/counterfact-edit.json").read_text())[: golden["n"]]
     cases = parse_counterfact(records)
     assert [c.case_id for c in cases] == [g["case_id"] for g in golden["cases"]]
-    c = golden_rome["arrays"]["C"]
+    edits = rome.edit_each(smollm2, [c.request for c in cases], golden_hparams, stats=golden_rome["arrays"]["C"])
     ours = []
-    for case in cases:
-        edited, _ = rome.edit(smollm2, case.request, golden_hparams, stats=c)
+    for case, e in zip(cases, edits, strict=True):
+        edited, _ = rome.apply(smollm2, e)
         ours.append({"pre": counterfact_nlls(smollm2, case), "post": counterfact_nlls(edited, case)})
     return golden, ours
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from jrome.editing.requests import Request, target_ids
 from jrome.editing.rome import rank_one_update
 from jrome.editing.templates import rome_templates, start_text, template_groups
 from jrome.editing.undo import down_kernel
-from jrome.editing.vsearch import LOSS_COLUMNS, optimise_v, search, v_batch
+from jrome.editing.vsearch import EARLY_STOP, LOSS_COLUMNS, Settings, adam_search, optimise_v, search, v_batch
 from jrome.generation import sample_to_length
 from jrome.tokens import fact_index
 
@@ -145,23 +146,89 @@ def test_fast_v_search_equals_the_full_forward_version(tiny_lm, name):
     lm = tiny_lm(name)
     hp = RomeHparams(layer=1, context_templates=("{}", "a new {}", "the old big famous {}"), v_num_grad_steps=6)
     req = Request("{} is located in the city of", "the eiffel tower", "rome paris")
-    fast = search(lm, req, hp.context_templates, target_ids(lm, req), 1, hp, fast=True)
-    ref = search(lm, req, hp.context_templates, target_ids(lm, req), 1, hp, fast=False)
+    fast = search(lm, [req], hp.context_templates, [target_ids(lm, req)], 1, hp, fast=True)
+    ref = search(lm, [req], hp.context_templates, [target_ids(lm, req)], 1, hp, fast=False)
     np.testing.assert_allclose(fast[2], ref[2], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fast[0], ref[0], rtol=1e-3, atol=1e-4)
-    assert np.linalg.norm(fast[0]) > 0 and np.isfinite(fast[2][:, 0]).all()
+    assert np.linalg.norm(fast[0]) > 0 and np.isfinite(fast[2][0, :, 0]).all()
+
+
+BATCH = [  # prompts, subjects and targets of different lengths, so rows, fact columns and target tokens differ
+    Request("{} is located in the city of", "the eiffel tower", "rome paris"),
+    Request("{} speaks", "the louvre", "french"),
+    Request("the capital of {} is", "italy", "the big old river"),
+]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_batched_v_search_equals_each_request_searched_alone(tiny_lm, fast):
+    """K requests in one program give each request's own search (the rows of the others do not leak in)."""
+    lm = tiny_lm("llama")
+    hp = RomeHparams(layer=1, context_templates=("{}", "a new {}"), v_num_grad_steps=8, v_lr=2.0)
+    ids = [target_ids(lm, r) for r in BATCH]
+    together = search(lm, BATCH, hp.context_templates, ids, 1, hp, fast=fast)
+    alone = [search(lm, [r], hp.context_templates, [i], 1, hp, fast=fast) for r, i in zip(BATCH, ids, strict=True)]
+    for k, one in enumerate(alone):
+        np.testing.assert_allclose(together[1][k], one[1][0], rtol=1e-4, atol=1e-5)  # v_init (float32, other shapes)
+        np.testing.assert_array_equal(np.isnan(together[2][k]), np.isnan(one[2][0]))  # the same step stops it
+        np.testing.assert_allclose(together[2][k], one[2][0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(together[0][k], one[0][0], rtol=1e-3, atol=1e-4)
+    split = search(lm, BATCH, hp.context_templates, ids, 1, hp, fast=fast, per_program=2)  # programs of 2 and 1
+    np.testing.assert_allclose(split[0], together[0], rtol=1e-3, atol=1e-4)
+
+
+def test_each_request_of_a_batch_stops_and_is_clamped_on_its_own():
+    """adam_search on a small synthetic problem (logits linear in δ): request 0 is easy and stops early, request 1
+    runs every step against the clamp; together they equal each searched alone, and NaN marks steps after a stop."""
+    rng = np.random.default_rng(0)
+    k, d, v, n = 2, 6, 5, 2
+    scale = np.array([8.0, 0.3])[:, None, None, None]  # request 0's logits move fast with δ
+    weights = jnp.asarray(scale * rng.normal(size=(k, n, v, d)), jnp.float32)
+    base = jnp.asarray(rng.normal(size=(k, n, v)), jnp.float32)
+    v_init = jnp.asarray(rng.normal(size=(k, d)), jnp.float32)
+    hp = Settings(steps=10, lr=0.5, weight_decay=0.01, clamp_norm_factor=2.0, kl_factor=0.0625)
+
+    def problem(rows: list[int]):
+        """Rows: one rewriting row and one KL row per request of `rows`."""
+        owner = np.repeat(np.arange(len(rows)), 2)
+        rewriting = np.tile([True, False], len(rows))
+        of = np.arange(len(rows))[:, None] == owner[None]
+        batch = {
+            "targets": jnp.asarray(np.tile([[1, 3]], (2 * len(rows), 1)), jnp.int32),
+            "target_mask": jnp.asarray(np.outer(rewriting, [1.0, 1.0]), jnp.float32),
+            "nll_weight": jnp.asarray(of & rewriting, jnp.float32),
+            "kl_weight": jnp.asarray(of & ~rewriting, jnp.float32),
+        }
+
+        def log_probs(delta):
+            logits = jnp.einsum("knvd,kd->knv", weights[jnp.array(rows)], delta) + base[jnp.array(rows)]
+            rows_logits = jnp.repeat(logits, 2, axis=0)  # the KL reads a much flatter softmax of the same logits
+            return jax.nn.log_softmax(rows_logits, axis=-1), jax.nn.log_softmax(rows_logits[:, 0] / 20, axis=-1)
+
+        return adam_search(log_probs, v_init[jnp.array(rows)], batch, hp)
+
+    together = problem([0, 1])
+    for r in (0, 1):
+        alone = problem([r])
+        np.testing.assert_allclose(together[0][r], alone[0][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together[1][r], alone[1][0], rtol=1e-5, atol=1e-6)
+    ran = np.isfinite(np.asarray(together[1][:, :, 0])).sum(axis=1)
+    assert ran[0] < hp.steps and ran[1] == hp.steps, ran
+    assert together[1][0, ran[0] - 1, 0] < EARLY_STOP  # the step that stopped it is recorded
+    norms = np.linalg.norm(np.asarray(together[0]), axis=-1)
+    np.testing.assert_allclose(norms[1], hp.clamp_norm_factor * np.linalg.norm(v_init[1]), rtol=1e-5)
 
 
 def test_memit_style_search_reads_the_nll_from_an_earlier_layer(tiny_lm):
     lm = tiny_lm("llama")
     hp = RomeHparams(layer=0, context_templates=("{}", "a new {}"), v_num_grad_steps=4)
     req = Request("{} is located in the city of", "the eiffel tower", "rome")
-    ids = target_ids(lm, req)
-    at_1 = search(lm, req, hp.context_templates, ids, 0, hp, site="resid", nll_layer=1)
-    ref = search(lm, req, hp.context_templates, ids, 0, hp, site="resid", nll_layer=1, fast=False)
-    last = search(lm, req, hp.context_templates, ids, 0, hp, site="resid")
+    ids = [target_ids(lm, req)]
+    at_1 = search(lm, [req], hp.context_templates, ids, 0, hp, site="resid", nll_layer=1)
+    ref = search(lm, [req], hp.context_templates, ids, 0, hp, site="resid", nll_layer=1, fast=False)
+    last = search(lm, [req], hp.context_templates, ids, 0, hp, site="resid")
     np.testing.assert_allclose(at_1[2], ref[2], rtol=1e-4, atol=1e-6)
-    assert not np.allclose(at_1[2][:, 1], last[2][:, 1])  # another layer's NLL is another number
+    assert not np.allclose(at_1[2][0, :, 1], last[2][0, :, 1])  # another layer's NLL is another number
 
 
 # Where the key is read: the subject's placeholder, not the first place the subject's words appear.
@@ -174,7 +241,7 @@ def test_the_fact_token_is_found_at_the_placeholder(tiny_lm):
     assert fact_index(tok, "{} is located in", "the eiffel tower", "last") == 5
     lm = tiny_lm("llama")
     req = Request("{} is located in", "the eiffel tower", "rome")
-    batch = v_batch(lm, req, ("{}", "the eiffel tower is big and {}"), target_ids(lm, req), "subject_last")
+    batch = v_batch(lm, [req], ("{}", "the eiffel tower is big and {}"), [target_ids(lm, req)], "subject_last")
     width = batch.ids.shape[1]
     lengths = batch.mask.sum(axis=1)
     assert list(batch.fact_cols - (width - lengths)) == [2, 8, 2]  # the last row is the KL prompt "{} is a"

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..models.lm import LM
 from .hparams import MemitHparams, hparams_for
@@ -84,13 +83,11 @@ def targets(
     over every template: (z [N, D] float64, losses [N, steps, 4])."""
     flat = tuple(t for g in groups for t in g)
     nll_layer = None if hp.v_loss_layer in (None, lm.config.n_layers - 1) else hp.v_loss_layer
-    zs, losses = [], []
-    facts = tqdm(zip(reqs, target_ids, strict=True), f"MEMIT targets at layer {hp.layers[-1]}", len(reqs), disable=not progress)  # fmt: skip
-    for req, ids in facts:
-        delta, z_init, loss = search(lm, req, flat, ids, hp.layers[-1], hp, site="resid", nll_layer=nll_layer)
-        zs.append(z_init + delta)
-        losses.append(loss)
-    return np.stack(zs), np.stack(losses)
+    title = f"MEMIT targets at layer {hp.layers[-1]}" if progress else None
+    delta, z_init, losses = search(
+        lm, reqs, flat, target_ids, hp.layers[-1], hp, site="resid", nll_layer=nll_layer, progress=title
+    )
+    return z_init + delta, losses
 
 
 def spread(

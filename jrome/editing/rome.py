@@ -106,6 +106,51 @@ def context_templates(lm: LM, hp: RomeHparams, seed: int = 0, progress: bool = F
     return hp.context_templates or rome_templates(lm, hp.context_template_length_params, seed, progress)
 
 
+def _setup(
+    lm: LM, hparams: RomeHparams | dict | None, stats: Any, seed: int, progress: bool
+) -> tuple[RomeHparams, KeySolver, tuple[str, ...]]:
+    """An edit's hyperparameters, its C⁻¹ solver and its context templates."""
+    hp = resolve_hparams(lm, hparams)
+    solve = KeySolver(resolve_stats(lm, hp, hp.layer, stats, progress), lm.config.d_mlp, hp.mom2_regularize)
+    return hp, solve, context_templates(lm, hp, seed, progress)
+
+
+def _compute(
+    lm: LM,
+    reqs: Sequence[Request],
+    targets: Sequence[Sequence[int]],
+    hp: RomeHparams,
+    solve: KeySolver,
+    templates: tuple[str, ...],
+    fast: bool,
+    progress: str | None = None,
+) -> list[Edit]:
+    """The edits of `reqs`, each computed from `lm` alone (their v* searches batched); progress: a bar's title."""
+    start = time.perf_counter()
+    layer = hp.layer
+    keys = [template_keys(lm, req, (*templates, "{}"), layer, hp.fact_token) for req in reqs]
+    deltas, v_inits, losses = search(lm, reqs, templates, targets, layer, hp, fast=fast, progress=progress)
+    down = lm.params["blocks"]["mlp"]["down"]
+    bias = np.asarray(down["bias"][layer]) if "bias" in down else None
+    old = down_kernel(lm.params)[layer]
+    edits = []
+    for req, key, delta, v_init, loss in zip(reqs, keys, deltas, v_inits, losses, strict=True):
+        k_star, v_star = key[:-1].mean(axis=0), v_init + delta
+        k = k_star if hp.rrome else key[-1]  # r-ROME: the averaged key; ROME: the bare prompt's key
+        lam, u_hat = rank_one_update(np.asarray(old), solve(k_star), k, v_star, bias)
+        edits.append(Edit(req, layer, u_hat, lam, k, k_star, v_star, loss, old, 0.0))
+    seconds = (time.perf_counter() - start) / len(reqs)
+    return [dataclasses.replace(e, seconds=seconds) for e in edits]
+
+
+def apply(lm: LM, e: Edit) -> tuple[LM, Undo]:
+    """lm with the rank-one update of `e` added (Ŵ = W + û Λᵀ at e.layer), and the Undo that restores lm's weights."""
+    old = down_kernel(lm.params)[e.layer]
+    update = jnp.outer(jnp.asarray(e.u_hat, jnp.float32), jnp.asarray(e.lam, jnp.float32))
+    kernel = add_to_layer(down_kernel(lm.params), e.layer, update)
+    return lm.replace(params=with_down_kernel(lm.params, kernel)), Undo((dataclasses.replace(e, old_kernel=old),))
+
+
 def edit(
     lm: LM,
     requests: Request | dict | Sequence[Request | dict],
@@ -124,28 +169,37 @@ def edit(
     over hparams.mom2_corpus and cached on disk. Context templates are generated once per model (seeded).
     fast=False runs the v* search as full forwards (the straightforward version, for checks and benchmarks).
     progress: say what the slow steps do (statistics, templates, each request's v* search) on stderr.
+    Each request is computed on the model the earlier ones edited, as the original applies a list of requests;
+    for edits of the unedited model each, see `edit_each`.
     """
     reqs, targets = parse_requests(lm, requests, "ROME")
-    hp = resolve_hparams(lm, hparams)
-    layer = hp.layer
-    solve = KeySolver(resolve_stats(lm, hp, layer, stats, progress), lm.config.d_mlp, hp.mom2_regularize)
-    templates = context_templates(lm, hp, seed, progress)
+    hp, solve, templates = _setup(lm, hparams, stats, seed, progress)
     edits, current = [], lm
-    steps = tqdm(zip(reqs, targets, strict=True), f"ROME v* search at layer {layer}", len(reqs), disable=not progress)
+    steps = tqdm(zip(reqs, targets, strict=True), f"ROME v* search at layer {hp.layer}", len(reqs), disable=not progress)  # fmt: skip
     for req, target_ids in steps:
-        start = time.perf_counter()
-        keys = template_keys(current, req, (*templates, "{}"), layer, hp.fact_token)
-        k_star = keys[:-1].mean(axis=0)
-        delta, v_init, losses = search(current, req, templates, target_ids, layer, hp, fast=fast)
-        v_star = v_init + delta
-        k = k_star if hp.rrome else keys[-1]  # r-ROME: the averaged key; ROME: the bare prompt's key
-        down = current.params["blocks"]["mlp"]["down"]
-        bias = np.asarray(down["bias"][layer]) if "bias" in down else None
-        old = down_kernel(current.params)[layer]
-        lam, u_hat = rank_one_update(np.asarray(old), solve(k_star), k, v_star, bias)
-        update = jnp.outer(jnp.asarray(u_hat, jnp.float32), jnp.asarray(lam, jnp.float32))
-        kernel = add_to_layer(down_kernel(current.params), layer, update)
-        current = current.replace(params=with_down_kernel(current.params, kernel))
-        seconds = time.perf_counter() - start
-        edits.append(Edit(req, layer, u_hat, lam, k, k_star, v_star, losses, old, seconds))
+        (e,) = _compute(current, [req], [target_ids], hp, solve, templates, fast)
+        current, _ = apply(current, e)
+        edits.append(e)
     return current, Undo(tuple(edits))
+
+
+def edit_each(
+    lm: LM,
+    requests: Request | dict | Sequence[Request | dict],
+    hparams: RomeHparams | dict | None = None,
+    stats: Any = None,
+    *,
+    seed: int = 0,
+    fast: bool = True,
+    progress: bool = True,
+) -> tuple[Edit, ...]:
+    """ROME for each request alone, each computed from the unedited `lm` (as an evaluation edits its cases): the
+    Edits, in order; `apply(lm, edit)` gives an edited model. The v* searches of all requests run batched, a few
+    requests per program, which is faster than one `edit` call per request and gives the same edits.
+
+    Arguments as for `edit`.
+    """
+    reqs, targets = parse_requests(lm, requests, "ROME")
+    hp, solve, templates = _setup(lm, hparams, stats, seed, progress)
+    title = f"ROME v* searches at layer {hp.layer}" if progress else None
+    return tuple(_compute(lm, reqs, targets, hp, solve, templates, fast, title))

@@ -7,8 +7,11 @@ so that the model says the new object after every context template while the sub
 
 with early stop once the loss is below 5e-2, and δ projected back into the ball of radius
 clamp_norm_factor · ‖v_init‖ after every step — all as in the original code. The whole search is one jitted
-`lax.while_loop`. `optimise_v` computes each step only where δ can change anything; `optimise_v_reference`
-is the straightforward version (a full forward with an additive intervention per step), for checks.
+`lax.while_loop`, over the K requests of a batch at once: their prompts are rows of one forward, each row adds
+its own request's δ, and each request keeps its own loss, early stop and clamp (Adam is elementwise, so this is
+K separate searches computed together). `optimise_v` computes each step only where δ can change anything;
+`optimise_v_reference` is the straightforward version (a full forward with an additive intervention per step),
+for checks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from ..interventions import Interventions, Patch
 from ..models.config import ModelConfig
@@ -62,14 +66,19 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class VBatch:
-    """The prompts of the v* search: rewriting prompts (context + prompt + target[:-1]), then the KL prompts."""
+    """The prompts of the v* search for K requests, request after request: each one's rewriting prompts
+    (context + prompt + target[:-1]), then its KL prompts."""
 
     ids: np.ndarray  # [B, T] left-padded
     mask: np.ndarray
     fact_cols: np.ndarray  # [B] the column where δ is added (the fact token)
-    out_cols: np.ndarray  # [B, n_target] columns whose logits the loss reads (KL rows: the fact column)
-    target_ids: np.ndarray  # [n_target]
-    n_rewrite: int
+    out_cols: np.ndarray  # [B, N] columns whose logits the loss reads (KL rows: the fact column)
+    targets: np.ndarray  # [B, N] the target ids read at out_cols (rewriting rows; 0 where unused)
+    target_mask: np.ndarray  # [B, N] 1.0 where out_cols holds one of the row's target tokens
+    owner: np.ndarray  # [B] the request each row belongs to
+    nll_weight: np.ndarray  # [K, B] 1 / (rewriting rows) on request k's rewriting rows: the mean over templates
+    kl_weight: np.ndarray  # [K, B] 1 / (KL rows) on request k's KL rows: the batch mean of the KL term
+    first_rows: np.ndarray  # [K] each request's first row (where v_init is read)
 
     @property
     def rows(self) -> np.ndarray:
@@ -82,101 +91,137 @@ class VBatch:
         run = padded_width(width - int(self.fact_cols.min()), 8)
         return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
 
+    def arrays(self, fast: bool = True) -> dict[str, np.ndarray]:
+        """What optimise_v (fast) or optimise_v_reference reads."""
+        names = [f.name for f in dataclasses.fields(self) if f.name != "first_rows"]
+        return (
+            {k: getattr(self, k) for k in names}
+            | {"first_rows": self.first_rows}
+            | ({"rows": self.rows} if fast else {})
+        )
 
-def v_batch(lm: LM, req: Request, templates: Sequence[str], target_ids: Sequence[int], fact_token: str) -> VBatch:
-    """Tokenise the v* prompts. The fact token is found by the subject's placeholder, as the original does; the
-    prompt and the target are tokenised apart and joined, so the target's ids are exactly those it scores."""
+
+def v_batch(
+    lm: LM,
+    reqs: Sequence[Request],
+    templates: Sequence[str],
+    target_ids: Sequence[Sequence[int]],
+    fact_token: str,
+) -> VBatch:
+    """Tokenise the v* prompts of each request. The fact token is found by the subject's placeholder, as the
+    original does; the prompt and the target are tokenised apart and joined, so the target's ids are exactly
+    those it scores."""
     tok = lm.tokenizer
-    prompts = [t.replace("{}", req.prompt) for t in templates] + list(KL_PROMPTS)
-    rows, facts = [], []
-    for i, prompt in enumerate(prompts):
-        rows.append(tok(prompt.replace("{}", req.subject))["input_ids"])
-        if i < len(templates):
-            rows[-1] = rows[-1] + list(target_ids[:-1])
-        facts.append(fact_index(tok, prompt, req.subject, fact_token))
+    rows, facts, owner, n_targets, rewriting = [], [], [], [], []
+    for k, (req, target) in enumerate(zip(reqs, target_ids, strict=True)):
+        prompts = [t.replace("{}", req.prompt) for t in templates] + list(KL_PROMPTS)
+        for i, prompt in enumerate(prompts):
+            row = tok(prompt.replace("{}", req.subject))["input_ids"]
+            is_rewrite = i < len(templates)
+            rows.append(row + list(target[:-1]) if is_rewrite else row)
+            facts.append(fact_index(tok, prompt, req.subject, fact_token))
+            owner.append(k)
+            n_targets.append(len(target) if is_rewrite else 0)
+            rewriting.append(is_rewrite)
+    b, n = len(rows), max(len(t) for t in target_ids)
     width = padded_width(max(len(r) for r in rows), 8)
-    ids = np.full((len(rows), width), pad_id(tok), np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
+    ids = np.full((b, width), pad_id(tok), np.int32)
+    mask = np.zeros((b, width), np.int32)
     for i, r in enumerate(rows):
         ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
     fact_cols = np.array([width - len(r) + f for r, f in zip(rows, facts, strict=True)], np.int32)
-    n = len(target_ids)
-    out_cols = np.concatenate(
-        [
-            np.repeat(np.arange(width - n, width)[None], len(templates), 0),
-            np.repeat(fact_cols[len(templates) :, None], n, 1),
-        ]
-    ).astype(np.int32)
-    return VBatch(ids, mask, fact_cols, out_cols, np.asarray(target_ids, np.int32), len(templates))
+    out_cols = np.repeat(fact_cols[:, None], n, 1)
+    targets = np.zeros((b, n), np.int32)
+    target_mask = np.zeros((b, n), np.float32)
+    for i, m in enumerate(n_targets):
+        if m:  # the target's tokens sit at the row's last m columns; the rest of its N columns repeat the first
+            out_cols[i, :m] = np.arange(width - m, width)
+            out_cols[i, m:] = width - m
+            targets[i, :m] = target_ids[owner[i]]
+            target_mask[i, :m] = 1.0
+    owner_arr, rewriting_arr = np.array(owner, np.int32), np.array(rewriting)
+    of = np.arange(len(reqs))[:, None] == owner_arr[None]  # [K, B]
+    nll_weight = (of & rewriting_arr).astype(np.float32)
+    kl_weight = (of & ~rewriting_arr).astype(np.float32)
+    return VBatch(
+        ids, mask, fact_cols, out_cols.astype(np.int32), targets, target_mask, owner_arr,
+        nll_weight / nll_weight.sum(1, keepdims=True), kl_weight / kl_weight.sum(1, keepdims=True),
+        np.argmax(of, axis=1).astype(np.int32),
+    )  # fmt: skip
 
 
 def objective(
     nll_log_probs: jax.Array,
     kl_log_probs: jax.Array,
-    targets: jax.Array,
+    batch: dict[str, jax.Array],
     kl_init: jax.Array,
     delta: jax.Array,
     v_init: jax.Array,
     hp: Settings,
 ) -> jax.Array:
-    """[4]: the loss and its three terms (LOSS_COLUMNS), each as the original prints it.
+    """[K, 4]: each request's loss and its three terms (LOSS_COLUMNS), each as the original prints it.
 
-    nll_log_probs [rewrite rows, n_target, V] at the target positions; kl_log_probs [KL rows, V]. ‖δ‖ has
+    nll_log_probs [B, N, V] at out_cols; kl_log_probs [B, V] at the fact column (only the KL rows count). ‖δ‖ has
     gradient 0 at δ = 0 here (optax.safe_norm), as in PyTorch; a plain norm's would be NaN at the first step.
     """
-    picked = jnp.take_along_axis(nll_log_probs, targets[None, :, None], axis=-1)[..., 0]
-    nll = -picked.mean(axis=-1).mean()
-    kl = hp.kl_factor * jnp.sum(jnp.exp(kl_log_probs) * (kl_log_probs - kl_init), axis=-1).mean()
-    decay = hp.weight_decay * optax.safe_norm(delta, 0.0) / jnp.sum(v_init * v_init)
-    return jnp.stack([nll + kl + decay, nll, kl, decay])
+    picked = jnp.take_along_axis(nll_log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+    tmask = batch["target_mask"]
+    row_nll = -(picked * tmask).sum(-1) / jnp.maximum(tmask.sum(-1), 1.0)
+    row_kl = jnp.sum(jnp.exp(kl_log_probs) * (kl_log_probs - kl_init), axis=-1)
+    nll = batch["nll_weight"] @ row_nll
+    kl = hp.kl_factor * (batch["kl_weight"] @ row_kl)
+    decay = hp.weight_decay * optax.safe_norm(delta, 0.0, axis=-1) / jnp.sum(v_init * v_init, axis=-1)
+    return jnp.stack([nll + kl + decay, nll, kl, decay], axis=-1)
 
 
 LogProbs = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def adam_search(
-    log_probs: LogProbs, v_init: jax.Array, targets: jax.Array, hp: Settings
+    log_probs: LogProbs, v_init: jax.Array, batch: dict[str, jax.Array], hp: Settings
 ) -> tuple[jax.Array, jax.Array]:
-    """Adam on δ from 0 with the original's early stop and norm clamp: (δ, losses [steps, 4], NaN after a stop).
+    """Adam on δ [K, D] from 0 with the original's early stop and norm clamp, per request: (δ, losses [K, steps, 4],
+    NaN after a request stopped). The loop ends when every request has stopped.
 
-    log_probs(δ) → (log-probs at the target positions of the rewriting rows, at the fact token of the KL rows).
-    The KL reference is the first evaluation's (δ = 0: the unedited model), as the original records it.
+    log_probs(δ) → (log-probs [B, N, V] at out_cols, [B, V] at the fact column for the KL term). The KL
+    reference is the first evaluation's (δ = 0: the unedited model), as the original records it.
     """
 
     def loss(delta: jax.Array, kl_init: jax.Array, first: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         nll_lp, kl_lp = log_probs(delta)
         kl_init = jnp.where(first, jax.lax.stop_gradient(kl_lp), kl_init)
-        terms = objective(nll_lp, kl_lp, targets, kl_init, delta, v_init, hp)
-        return terms[0], (terms, kl_init)
+        terms = objective(nll_lp, kl_lp, batch, kl_init, delta, v_init, hp)
+        return terms[:, 0].sum(), (terms, kl_init)
 
     tx = optax.adam(hp.lr)
-    max_norm = hp.clamp_norm_factor * jnp.linalg.norm(v_init)
+    max_norm = hp.clamp_norm_factor * jnp.linalg.norm(v_init, axis=-1, keepdims=True)
+
+    def freeze(stop: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """Keep a stopped request's rows of an [K, ...] state; scalars (Adam's step count) move on."""
+        return lambda old, new: new if old.ndim == 0 else jnp.where(stop.reshape(-1, *[1] * (old.ndim - 1)), old, new)
 
     def body(state):
-        i, delta, opt, losses, kl_init, _ = state
-        (total, (terms, kl_init)), grad = jax.value_and_grad(loss, has_aux=True)(delta, kl_init, i == 0)
-        stop = (total < EARLY_STOP) | (i == hp.steps - 1)
+        i, delta, opt, losses, kl_init, done = state
+        (_, (terms, kl_init)), grad = jax.value_and_grad(loss, has_aux=True)(delta, kl_init, i == 0)
+        stop = done | (terms[:, 0] < EARLY_STOP) | (i == hp.steps - 1)
         updates, new_opt = tx.update(grad, opt, delta)
         new = optax.apply_updates(delta, updates)
-        norm = jnp.linalg.norm(new)
+        norm = jnp.linalg.norm(new, axis=-1, keepdims=True)
         new = jnp.where(norm > max_norm, new * (max_norm / norm), new)
-        delta = jnp.where(stop, delta, new)
-        opt = jax.tree.map(lambda a, b: jnp.where(stop, a, b), opt, new_opt)
-        return i + 1, delta, opt, losses.at[i].set(terms), kl_init, stop
+        losses = losses.at[:, i].set(jnp.where(done[:, None], jnp.nan, terms))
+        return i + 1, freeze(stop)(delta, new), jax.tree.map(freeze(stop), opt, new_opt), losses, kl_init, stop
 
     delta0 = jnp.zeros_like(v_init)
     _, kl_shape = jax.eval_shape(log_probs, delta0)
-    losses0 = jnp.full((hp.steps, len(LOSS_COLUMNS)), jnp.nan, jnp.float32)
-    init = (0, delta0, tx.init(delta0), losses0, jnp.zeros(kl_shape.shape, jnp.float32), False)
-    _, delta, _, losses, _, _ = jax.lax.while_loop(lambda s: ~s[-1], body, init)
+    k = v_init.shape[0]
+    losses0 = jnp.full((k, hp.steps, len(LOSS_COLUMNS)), jnp.nan, jnp.float32)
+    done0 = jnp.zeros(k, bool)
+    init = (0, delta0, tx.init(delta0), losses0, jnp.zeros(kl_shape.shape, jnp.float32), done0)
+    _, delta, _, losses, _, _ = jax.lax.while_loop(lambda s: ~jnp.all(s[-1]), body, init)
     return delta, losses
 
 
-def _split(log_probs: jax.Array, n_rewrite: int) -> tuple[jax.Array, jax.Array]:
-    return log_probs[:n_rewrite], log_probs[n_rewrite:, 0]
-
-
-STATIC = ("cfg", "layer", "hp", "n_rewrite", "site", "nll_layer")
+STATIC = ("cfg", "layer", "hp", "site", "nll_layer")
 
 
 @partial(jax.jit, static_argnames=STATIC)
@@ -187,18 +232,17 @@ def optimise_v(
     *,
     layer: int,
     hp: Settings,
-    n_rewrite: int,
     site: str = "mlp",
     nll_layer: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The v* search, computing each step only where δ can change anything: (δ, v_init, losses [steps, 4]).
+    """The v* search of K requests, computing each step only where δ can change anything: (δ [K, D], v_init [K, D],
+    losses [K, steps, 4]).
 
-    batch: the arrays of a VBatch (ids, mask, fact_cols, out_cols, target_ids, rows). δ is added to layer's MLP
-    output at the fact columns, which is adding it to the residual after the layer; so the same search serves
-    ROME (site="mlp": v_init is the MLP output, v* = v_init + δ) and MEMIT (site="resid": v_init is the residual,
-    the target z = v_init + δ). nll_layer (MEMIT's v_loss_layer) reads the NLL from that layer's residual
-    through the final norm and head; None reads the model's logits (ROME always does). The KL term always reads
-    the model's logits.
+    batch: VBatch.arrays(). δ is added to layer's MLP output at the fact columns, which is adding it to the
+    residual after the layer; so the same search serves ROME (site="mlp": v_init is the MLP output,
+    v* = v_init + δ) and MEMIT (site="resid": v_init is the residual, the target z = v_init + δ). nll_layer
+    (MEMIT's v_loss_layer) reads the NLL from that layer's residual through the final norm and head; None reads
+    the model's logits (ROME always does). The KL term always reads the model's logits.
 
     Each step runs only the layers above `layer`, only the columns from each row's fact token on (`rows` [B, R],
     see VBatch.rows; earlier columns attend from a cache of the unedited run), and computes logits only at the
@@ -207,7 +251,7 @@ def optimise_v(
     ids, mask, fact_cols, out_cols, rows = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols", "rows"))
     t = ids.shape[1]
     base = forward_tokens(cfg, params, ids, mask, Interventions(capture=("resid", "mlp", "attn_k", "attn_v")), None)
-    v_init = base.captured[site][layer, 0, fact_cols[0]]
+    v_init = base.captured[site][layer, batch["first_rows"], fact_cols[batch["first_rows"]]]
     valid = rows >= fact_cols[:, None] + jnp.arange(rows.shape[1])[None]  # clipped positions are padding
     positions = jnp.take_along_axis(positions_from_mask(mask), rows, axis=1)
     self_mask = jnp.tril(jnp.ones((rows.shape[1],) * 2, bool))[None] & valid[:, None, :]
@@ -224,17 +268,16 @@ def optimise_v(
         h, _ = run_layers(cfg, blocks, h, rows=run, iv=Interventions(), first=first, stop=stop, ctx=ctx)
         return h
 
-    def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = start.at[:, 0].add(delta.astype(start.dtype))
-        h_mid = segment(h, layer + 1, mid)
-        h_end = segment(h_mid, mid, cfg.n_layers)
-        final = jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h_end, picks, axis=1)), axis=-1)
-        if nll_layer is None:
-            return _split(final, n_rewrite)
-        at_mid = jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h_mid, picks, axis=1)), axis=-1)
-        return at_mid[:n_rewrite], final[n_rewrite:, 0]
+    def read(h: jax.Array) -> jax.Array:
+        return jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h, picks, axis=1)), axis=-1)
 
-    delta, losses = adam_search(log_probs, v_init, batch["target_ids"], hp)
+    def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = start.at[:, 0].add(delta[batch["owner"]].astype(start.dtype))
+        h_mid = segment(h, layer + 1, mid)
+        final = read(segment(h_mid, mid, cfg.n_layers))
+        return (final if nll_layer is None else read(h_mid)), final[:, 0]
+
+    delta, losses = adam_search(log_probs, v_init, batch, hp)
     return delta, v_init, losses
 
 
@@ -246,56 +289,61 @@ def optimise_v_reference(
     *,
     layer: int,
     hp: Settings,
-    n_rewrite: int,
     site: str = "mlp",
     nll_layer: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The same search done the straightforward way: every step a full forward with δ as an additive intervention."""
     ids, mask, fact_cols, out_cols = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols"))
-    b = ids.shape[0]
     base = forward_tokens(cfg, params, ids, mask, Interventions(capture=(site,)), fact_cols[:, None])
-    v_init = base.captured[site][layer, 0, fact_cols[0]]
+    v_init = base.captured[site][layer, batch["first_rows"], fact_cols[batch["first_rows"]]]
 
     def pick(x: jax.Array) -> jax.Array:
         return jax.nn.log_softmax(jnp.take_along_axis(x, out_cols[..., None], axis=1), axis=-1)
 
     def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        patch = Patch(jnp.array([layer]), fact_cols[None], jnp.broadcast_to(delta, (1, b, delta.shape[0])))
+        patch = Patch(jnp.array([layer]), fact_cols[None], delta[batch["owner"]][None])
         out = forward_tokens(cfg, params, ids, mask, Interventions(mlp_add=patch, capture=("resid",)), None)
         final = pick(out.logits)
-        if nll_layer is None:
-            return _split(final, n_rewrite)
-        return pick(unembed(cfg, params, out.captured["resid"][nll_layer]))[:n_rewrite], final[n_rewrite:, 0]
+        nll = final if nll_layer is None else pick(unembed(cfg, params, out.captured["resid"][nll_layer]))
+        return nll, final[:, 0]
 
-    delta, losses = adam_search(log_probs, v_init, batch["target_ids"], hp)
+    delta, losses = adam_search(log_probs, v_init, batch, hp)
     return delta, v_init, losses
 
 
 def search(
     lm: LM,
-    req: Request,
+    reqs: Sequence[Request],
     templates: Sequence[str],
-    target_ids: Sequence[int],
+    target_ids: Sequence[Sequence[int]],
     layer: int,
     hp: Any,
     *,
     site: str = "mlp",
     nll_layer: int | None = None,
     fast: bool = True,
+    per_program: int = 8,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the v* search for one request: (δ, v_init, losses [steps, 4]) as NumPy arrays (δ, v_init in float64).
+    """The v* searches of independent requests: (δ [K, D], v_init [K, D], losses [K, steps, 4]) as NumPy arrays
+    (δ, v_init in float64), the same as searching each request alone.
 
-    hp: RomeHparams or MemitHparams (fact_token and the v_* fields are read)."""
-    b = v_batch(lm, req, templates, target_ids, hp.fact_token)
-    batch = {
-        "ids": b.ids, "mask": b.mask, "fact_cols": b.fact_cols, "out_cols": b.out_cols, "target_ids": b.target_ids,
-        "rows": b.rows,
-    }  # fmt: skip
+    Up to `per_program` requests run as one program (their prompts as rows of one forward); more are split
+    into that many at most. hp: RomeHparams or MemitHparams (fact_token and the v_* fields are read).
+    progress: the title of a progress bar over the requests (None: no bar)."""
+    if len(reqs) != len(target_ids) or not reqs:
+        raise ValueError(f"give one target per request and at least one request; got {len(reqs)}, {len(target_ids)}")
+    n_programs = -(-len(reqs) // per_program)
+    size = -(-len(reqs) // n_programs)  # even chunks: at most two program shapes per call
     fn = optimise_v if fast else optimise_v_reference
-    if not fast:
-        del batch["rows"]
     settings = Settings.of(hp)
-    delta, v_init, losses = fn(
-        lm.config, lm.params, batch, layer=layer, hp=settings, n_rewrite=b.n_rewrite, site=site, nll_layer=nll_layer
-    )
-    return np.asarray(delta, np.float64), np.asarray(v_init, np.float64), np.asarray(losses)
+    parts = []
+    with tqdm(total=len(reqs), desc=progress, disable=progress is None) as bar:
+        for a in range(0, len(reqs), size):
+            b = v_batch(lm, reqs[a : a + size], templates, target_ids[a : a + size], hp.fact_token)
+            arrays = b.arrays(fast)
+            parts.append(fn(lm.config, lm.params, arrays, layer=layer, hp=settings, site=site, nll_layer=nll_layer))
+            jax.block_until_ready(parts[-1])
+            bar.update(len(b.first_rows))
+    delta, v_init, losses = (np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(3))
+    return delta.astype(np.float64), v_init.astype(np.float64), losses
