@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 DEMO_PROMPTS = (
     "The Eiffel Tower is located in the city of",
@@ -295,15 +296,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import edit, hparams_for
     from .editing.requests import Request, target_ids
     from .editing.stats import corpus_files
+    from .evaluation.methods import get_method
     from .models.checkpoint import export_hf, save
 
-    lm = _load_model(args)
     req = Request.parse({"prompt": args.prompt, "subject": args.subject, "target_new": args.target})
-    overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
+    overrides = dict(args.hparam) | {
+        k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
+    }
     if args.rrome:
         overrides["rrome"] = True
     if args.no_stats:
         overrides["mom2_adjustment"] = False
+    get_method("rome").check_overrides(overrides)  # before the model loads
+    lm = _load_model(args)
     hp = hparams_for(lm.name, lm.config.family).override(**overrides)
     if hp.mom2_adjustment:
         try:
@@ -349,9 +354,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.datasets import resolve_dataset
     from .evaluation.methods import get_method
 
-    get_method(args.method), resolve_dataset(args.dataset)  # bad names stop before the model is loaded
+    overrides = dict(args.hparam) | {
+        k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
+    }
+    get_method(args.method).check_overrides(overrides)  # bad names stop before the model is loaded
+    resolve_dataset(args.dataset)
     lm = _load_model(args)
-    overrides = {k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None}
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
         seed=args.seed, pre_from=args.pre_from, batch=args.batch,
@@ -382,6 +390,25 @@ def count(minimum: int = 1) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def hparam(text: str) -> tuple[str, Any]:
+    """An argparse type for KEY=VALUE: VALUE read as JSON (numbers, lists, true/false, null), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (accepted: e.g. v_num_grad_steps=10)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def hparam_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
+        help="set one hyperparameter over the preset, VALUE as JSON, e.g. kl_factor=0.1 or "
+        "context_template_length_params=[[5,3]] (repeatable; names as in docs/editing.md)",
+    )  # fmt: skip
 
 
 class _Help(argparse.HelpFormatter):
@@ -476,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stats", action="store_true",
         help="no key statistics (C = I, so no WikiText needed; the paper's ROME uses them)",
     )  # fmt: skip
+    hparam_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the generated context templates")
     p.add_argument("--json", help="write the request, predictions before/after, losses and seconds")
     p.add_argument("--save", help="save the edited model here (orbax checkpoint)")
@@ -493,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for per-case results (resumable) and the summary")
     p.add_argument("--layer", type=int, help="edit this layer instead of the preset's")
     p.add_argument("--stats-tokens", type=count(), help="tokens of key statistics (>= 1; default: the preset's)")
+    hparam_arg(p)
     p.add_argument(
         "--max-out-len", type=count(0), default=100,
         help="tokens of each generation for fluency and consistency, prompt included (>= 0; the original's 100; 0: skip)",

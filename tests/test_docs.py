@@ -24,8 +24,8 @@ SMALL = {
     "demo": ["--samples", "3", "--stats-tokens", "20000", "--tokens", "8"],
     "trace": ["--samples", "2"],
     "trace-dataset": ["--samples", "2", "--n", "2"],
-    "edit": ["--stats-tokens", "20000"],
-    "eval": ["--stats-tokens", "20000", "--n", "1"],
+    "edit": ["--stats-tokens", "20000", "--hparam", "context_template_length_params=[[5,3]]"],
+    "eval": ["--stats-tokens", "20000", "--n", "1", "--hparam", "context_template_length_params=[[5,3]]"],
 }
 
 

@@ -24,6 +24,7 @@ from ..interventions import Interventions
 from ..models.config import ModelConfig
 from ..models.forward import forward_tokens
 from ..models.lm import LM
+from .hparams import checked_fields
 from .requests import Request, target_ids
 from .undo import down_kernel, with_down_kernel
 
@@ -54,11 +55,7 @@ class FTHparams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FTHparams:
         """From a dict of fields; unknown names are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FT hyperparameters {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "FT"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,13 +12,22 @@ from typing import Any
 from ..tokens import FACT_TOKENS
 
 
-def _fields_from_dict(cls: type, d: dict[str, Any], method: str) -> dict[str, Any]:
-    """Checked keyword arguments for a hyperparameter dataclass: unknown keys are an error, JSON lists become
-    the tuples the frozen dataclass holds (so it stays hashable and static under jit)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+def checked_fields(cls: type, d: dict[str, Any], method: str) -> dict[str, Any]:
+    """Checked keyword arguments for a hyperparameter dataclass: unknown keys are an error listing the known
+    ones, a value of another kind than its field's default (a number, a flag, a name) is an error, and JSON
+    lists become the tuples the frozen dataclass holds (so it stays hashable and static under jit)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {method} hyperparameters {unknown}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown {method} hyperparameters {unknown}; known: {', '.join(sorted(fields))}")
+    kinds = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"), float: ((int, float), "a number"), str: ((str,), "text")}  # fmt: skip
+    for key, value in d.items():
+        default = fields[key].default
+        types, kind = kinds.get(type(default), (None, ""))
+        if value is None or types is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool) != (types == (bool,)):
+            raise ValueError(f"{method} hyperparameter {key}={value!r}: expected {kind}, like {default!r}")
     d = dict(d)
     for key in ("layers", "context_templates"):
         if d.get(key) is not None:
@@ -62,7 +71,7 @@ class RomeHparams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RomeHparams:
         """From a dict of fields (unknown names are an error; lists become tuples)."""
-        return cls(**_fields_from_dict(cls, d, "ROME"))
+        return cls(**checked_fields(cls, d, "ROME"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,7 +117,7 @@ class MemitHparams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemitHparams:
         """From a dict of fields (unknown names are an error; lists become tuples)."""
-        return cls(**_fields_from_dict(cls, d, "MEMIT"))
+        return cls(**checked_fields(cls, d, "MEMIT"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

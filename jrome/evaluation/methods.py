@@ -31,6 +31,11 @@ class Method(Protocol):
 
     name: str
 
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        """Hyperparameters this method does not have, or values of the wrong kind, are an error before any work
+        (whether a layer exists is checked when the model is known)."""
+        ...
+
     def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> Any:
         """This method's context for a run: made once, saved in folder (if any), read back when resuming; progress
         says what its slow steps (statistics, templates) do."""
@@ -79,9 +84,12 @@ class NoEdit:
 
     name: str = "none"
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> None:
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
         if overrides:
             raise ValueError(f"method 'none' takes no hyperparameters; got {sorted(overrides)}")
+
+    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> None:
+        self.check_overrides(overrides)
         saved_hparams(folder, self.name, lm, {}, lambda: None)
 
     def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: None) -> Iterator[LM]:
@@ -102,6 +110,9 @@ class Rome:
 
     name: str = "rome"
     rrome: bool = False
+
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        RomeHparams(layer=None).override(**overrides)
 
     def prepare(
         self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
@@ -136,6 +147,9 @@ class Memit:
     """MEMIT on each case alone (the cases' targets z searched as one batch), with the model's MEMIT preset."""
 
     name: str = "memit"
+
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        MemitHparams(layers=None).override(**overrides)
 
     def prepare(
         self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
@@ -173,6 +187,9 @@ class FineTune:
     """FT ("ft") or FT-L ("ft-l") with the model's preset."""
 
     name: str = "ft"
+
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        FTHparams(layer=0).override(**overrides)
 
     def prepare(
         self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
