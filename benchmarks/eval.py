@@ -1,13 +1,13 @@
 """Evaluation throughput: ROME on CounterFact with SmolLM2, cases per minute and where the time goes.
 
-    python benchmarks/eval.py [--cases 4]
+    python benchmarks/eval.py [--cases 8] [--batches 1 8]
 
 jrome's runner (`run_eval`: batched, shape-bucketed scoring in one jitted call per case and the fast v*
-search) against a straightforward loop over the same cases: one forward per (prompt, target) at its own
-length, and ROME with the full-forward v* search (`fast=False`). Both score the same probability metrics (the
-compact CounterFact file has no generation prompts, so no fluency); the first case is run once before timing to
-compile, so the times are steady-state.
-"""
+search, K cases' searches in one program for each --batches K) against a straightforward loop over the same
+cases: one forward per (prompt, target) at its own length, and ROME with the full-forward v* search
+(`fast=False`), one case at a time. All score the same probability metrics (the compact CounterFact file has no
+generation prompts, so no fluency); each is run once on as many cases as its batch before timing, to compile,
+so the times are steady-state."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def plain_scores(lm, case) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--cases", type=int, default=8)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="cases edited per program (run_eval batch)")
     args = ap.parse_args()
     print(machine(), flush=True)
     lm = jrome.load("smollm2")
@@ -66,10 +67,12 @@ def main() -> None:
     stats = key_statistics(lm, hp.layer, n_tokens=hp.mom2_n_tokens)[hp.layer]
 
     kwargs = {"progress": False, "max_out_len": 0}
-    run_eval(lm, "rome", "counterfact", 1, **kwargs)  # compile
-    start = time.perf_counter()
-    summary = run_eval(lm, "rome", "counterfact", args.cases, **kwargs)
-    ours = time.perf_counter() - start
+    ours = {}
+    for k in args.batches:
+        run_eval(lm, "rome", "counterfact", k, batch=k, **kwargs)  # compile this batch size's programs
+        start = time.perf_counter()
+        summary = run_eval(lm, "rome", "counterfact", args.cases, batch=k, **kwargs)
+        ours[k] = (time.perf_counter() - start, summary)
 
     plain_scores(lm, cases[0])
     edit(lm, cases[0].request, hp, stats=stats, fast=False)
@@ -83,13 +86,15 @@ def main() -> None:
     plain = time.perf_counter() - start
 
     n = len(cases)
-    share = summary["seconds_edit"] / (summary["seconds_edit"] + summary["seconds_score"])
     print(f"\nROME on {n} CounterFact cases, SmolLM2 (probability metrics)")
-    print(
-        f"jrome runner        {ours:7.1f} s = {60 * n / ours:5.2f} cases/min   editing {share:.0%}, scoring {1 - share:.0%}"
-    )
     print(f"straightforward     {plain:7.1f} s = {60 * n / plain:5.2f} cases/min   editing {t_edit / plain:.0%}, scoring {1 - t_edit / plain:.0%}")  # fmt: skip
-    print(f"ratio {plain / ours:.2f}x")
+    for k, (seconds, summary) in ours.items():
+        share = summary["seconds_edit"] / (summary["seconds_edit"] + summary["seconds_score"])
+        print(
+            f"jrome, batch {k:<3d}    {seconds:7.1f} s = {60 * n / seconds:5.2f} cases/min   editing {share:.0%}, "
+            f"scoring {1 - share:.0%}   {plain / seconds:.2f}x the straightforward loop, "
+            f"{ours[args.batches[0]][0] / seconds:.2f}x batch {args.batches[0]}"
+        )
 
 
 if __name__ == "__main__":

@@ -193,11 +193,11 @@ def test_ctrl_c_keeps_finished_cases_and_says_how_to_resume(jrome, tmp_path):
         "0",
     ]
 
-    def like_a_terminal() -> None:  # a test runner started in the background ignores SIGINT; its children would too
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    command = [sys.executable, "-m", "jrome.cli", *args]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=like_a_terminal)
+    # `python -m jrome.cli` as started from a terminal: a test runner started in the background ignores SIGINT and
+    # its children inherit that, so the child sets Python's own SIGINT handler first
+    start = "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'jrome'"
+    command = [sys.executable, "-c", f"{start}; runpy.run_module('jrome.cli', run_name='__main__')", *args]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     log, deadline = out / "cases.jsonl", time.monotonic() + 300
     while not (log.is_file() and log.read_text().count("\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"

@@ -192,33 +192,32 @@ def run_eval(
 
     records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
     todo = [c for c in cases if c.case_id not in done]
-    bar = tqdm(total=len(cases), initial=len(records), desc=f"{method} on {cases[0].dataset if cases else dataset}", disable=not progress)  # fmt: skip
-    for first in range(0, len(todo), batch):
-        chunk = todo[first : first + batch]
-        start = time.perf_counter()
-        pres = [
-            reused[c.case_id] if c.case_id in reused else score_case(lm, c, max_out_len, seed, references)
-            for c in chunk
-        ]
-        scored = (time.perf_counter() - start) / len(chunk)
-        start = time.perf_counter()
-        models = editor.edit_each(lm, chunk, ctx)
-        shared = (time.perf_counter() - start) / len(chunk)
-        for case, pre in zip(chunk, pres, strict=True):
+    with tqdm(total=len(cases), initial=len(records), desc=f"{method} on {cases[0].dataset if cases else dataset}", disable=not progress) as bar:  # fmt: skip
+        for first in range(0, len(todo), batch):
+            chunk = todo[first : first + batch]
             start = time.perf_counter()
-            edited = next(models)
-            edit_seconds = shared + time.perf_counter() - start
+            pres = [
+                reused[c.case_id] if c.case_id in reused else score_case(lm, c, max_out_len, seed, references)
+                for c in chunk
+            ]
+            scored = (time.perf_counter() - start) / len(chunk)
             start = time.perf_counter()
-            post = pre if edited is lm else score_case(edited, case, max_out_len, seed, references)
-            record = {
-                "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
-                "seconds": {"edit": edit_seconds, "score": scored + time.perf_counter() - start},
-            }  # fmt: skip
-            if folder is not None:
-                append_jsonl(folder / "cases.jsonl", record)
-            records[case.case_id] = record
-            bar.update()
-    bar.close()
+            models = editor.edit_each(lm, chunk, ctx)
+            shared = (time.perf_counter() - start) / len(chunk)
+            for case, pre in zip(chunk, pres, strict=True):
+                start = time.perf_counter()
+                edited = next(models)
+                edit_seconds = shared + time.perf_counter() - start
+                start = time.perf_counter()
+                post = pre if edited is lm else score_case(edited, case, max_out_len, seed, references)
+                record = {
+                    "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
+                    "seconds": {"edit": edit_seconds, "score": scored + time.perf_counter() - start},
+                }  # fmt: skip
+                if folder is not None:
+                    append_jsonl(folder / "cases.jsonl", record)
+                records[case.case_id] = record
+                bar.update()
     records = [records[c.case_id] for c in cases]
     if reused:
         notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
