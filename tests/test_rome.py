@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jrome
-from jrome.editing import RomeHparams, edit
+from jrome.editing import RomeHparams, edit, rome
 from jrome.editing.keys import grouped_key, template_keys
 from jrome.editing.requests import Request, target_ids
 from jrome.editing.rome import rank_one_update
@@ -119,6 +119,22 @@ def test_a_second_edit_of_the_same_shapes_does_not_recompile(smollm2, eiffel_edi
     _, undo = edit(smollm2, EIFFEL | {"target_new": "London"}, golden_hparams, stats=golden_rome["arrays"]["C"])
     assert optimise_v._cache_size() == size
     assert undo.edits[0].request.target_new == "London"
+
+
+def test_edit_each_and_apply_give_the_same_edit_and_an_exact_undo(smollm2, eiffel_edit, golden_rome, golden_hparams):
+    requests = [
+        EIFFEL,
+        {"prompt": "{} is located in the city of", "subject": "The Space Needle", "target_new": "London"},
+    ]
+    first, second = rome.edit_each(smollm2, requests, golden_hparams, stats=golden_rome["arrays"]["C"], progress=False)
+    edited, undo = rome.apply(smollm2, first)
+    # the same request as the shared edit, here searched beside another: equal to float32 rounding
+    np.testing.assert_allclose(first.v_star, eiffel_edit[1].edits[0].v_star, rtol=1e-4, atol=1e-4)
+    assert int(probs(edited, "The Eiffel Tower is located in the city of").argmax()) == token(smollm2, " Rome")
+    chex.assert_trees_all_equal(undo(edited).params, smollm2.params)
+    both, undo_both = rome.apply(edited, second)  # the second edit lands on top of the first; undo goes back one
+    assert int(probs(both, "The Space Needle is located in the city of").argmax()) == token(smollm2, " London")
+    chex.assert_trees_all_equal(undo_both(both).params, edited.params)
 
 
 def test_sequential_edits_and_r_rome(smollm2, golden_rome, golden_hparams):

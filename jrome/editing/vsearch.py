@@ -93,12 +93,8 @@ class VBatch:
 
     def arrays(self, fast: bool = True) -> dict[str, np.ndarray]:
         """What optimise_v (fast) or optimise_v_reference reads."""
-        names = [f.name for f in dataclasses.fields(self) if f.name != "first_rows"]
-        return (
-            {k: getattr(self, k) for k in names}
-            | {"first_rows": self.first_rows}
-            | ({"rows": self.rows} if fast else {})
-        )
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return fields | ({"rows": self.rows} if fast else {})
 
 
 def v_batch(
