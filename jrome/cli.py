@@ -214,6 +214,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     token_range = _token_range_arg(args.token_range)
+    if isinstance(_noise_arg(args.noise), str):  # "s<factor>" scales by known_1000's subjects: fetched if missing
+        from .data import fetch
+
+        fetch("known_1000.json")
     lm = _load_model(args)
     start = time.perf_counter()
     runs = corrupt_and_clean(
@@ -245,13 +249,24 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import FILES, fetch, remote
+
+    names = list(FILES) if "all" in args.names else args.names
+    for name in names:
+        remote(name)  # an unknown name stops before any download
+    for name in names:
+        print(f"{name}: {fetch(name, progress=not args.quiet)}")
+    return 0
+
+
 def cmd_trace_dataset(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data import load_known
+    from .data import fetch, load_known
     from .tracing.dataset import NO_CORRECT, trace_dataset
 
-    facts = load_known(None if args.facts == "known_1000" else args.facts)
+    facts = load_known(fetch("known_1000.json") if args.facts == "known_1000" else args.facts)
     subjects = [f["subject"] for f in facts]  # "s3" scales by all the file's subjects, as the original's --fact_file
     if args.n is not None:
         if args.n > len(facts):
@@ -295,7 +310,7 @@ def _fact_rows(lm, prompts: Sequence[str], target: int, old: int) -> list[dict]:
 def cmd_edit(args: argparse.Namespace) -> int:
     from .editing import edit, hparams_for
     from .editing.requests import Request, target_ids
-    from .editing.stats import corpus_files
+    from .editing.stats import statistics_for
     from .evaluation.methods import get_method
     from .models.checkpoint import export_hf, save
 
@@ -310,9 +325,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     get_method("rome").check_overrides(overrides)  # before the model loads
     lm = _load_model(args)
     hp = hparams_for(lm.name, lm.config.family).override(**overrides)
+    stats = None
     if hp.mom2_adjustment:
-        try:
-            corpus_files(hp.mom2_corpus)
+        try:  # the published statistics (fetched if missing) where the preset names them, else computed
+            stats = statistics_for(lm, hp, hp.layer, download=True)[hp.layer]
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err}; or add --no-stats to edit with C = I") from None
     else:
@@ -323,7 +339,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     old = lm.tokenizer(probe["top"], add_special_tokens=False)["input_ids"][0]
     before = _fact_rows(lm, prompts, target, old)
     start = time.perf_counter()
-    new, undo = edit(lm, req, hp, seed=args.seed)
+    new, undo = edit(lm, req, hp, stats=stats, seed=args.seed)
     seconds = time.perf_counter() - start
     after = _fact_rows(new, prompts, target, old)
     print(f"edited layer {hp.layer} in {seconds:.1f}s: {req.text!r} -> {args.target!r} (was {probe['top']!r})")
@@ -358,11 +374,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
     }
     get_method(args.method).check_overrides(overrides)  # bad names stop before the model is loaded
-    resolve_dataset(args.dataset)
+    resolve_dataset(args.dataset, download=True)  # a missing published copy is fetched before the model loads
     lm = _load_model(args)
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
-        seed=args.seed, pre_from=args.pre_from, batch=args.batch,
+        seed=args.seed, pre_from=args.pre_from, batch=args.batch, download=True,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
     print(f"mean seconds per case: edit {summary['seconds_edit']:.2f}, scoring {summary['seconds_score']:.2f}")
@@ -537,6 +553,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(run=cmd_eval)
 
+    p = sub.add_parser(
+        "data", formatter_class=_Help,
+        help="fetch the paper's datasets and published key statistics into the cache ($JROME_CACHE_DIR/data)",
+    )  # fmt: skip
+    p.add_argument("action", choices=["fetch"], help="what to do")
+    p.add_argument(
+        "names", nargs="+", metavar="NAME",
+        help="known_1000.json, counterfact.json, zsre_mend_eval.json, attribute_snippets.json, idf.npy, "
+        "tfidf_vocab.json, all (those six), or stats/<model>/wikipedia_stats/<module>_float32_mom2_100000.npz",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_data)
+
     p = sub.add_parser("generate", formatter_class=_Help, help="continue prompts, greedily or by sampling")
     model_args(p)
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
@@ -553,7 +582,7 @@ def keep_compiled_programs() -> None:
     ~/.cache/jrome/xla), so a second command on the same model does not compile its larger programs again."""
     import jax
 
-    from .editing.stats import cache_dir
+    from .data import cache_dir
 
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
@@ -576,6 +605,8 @@ def interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
     import shlex
 
     again = "jrome " + shlex.join(argv)
+    if args.command == "data":
+        return f"jrome data: interrupted; what arrived is kept in the cache and the download continues with: {again}"
     if args.command in ("eval", "trace-dataset"):
         log = "cases.jsonl" if args.command == "eval" else "facts.jsonl"
         return f"jrome {args.command}: interrupted; finished work is kept in {args.out}/{log}; resume with: {again}"

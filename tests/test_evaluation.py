@@ -295,7 +295,7 @@ def test_generation_metrics_of_original_format_records(smollm2, tmp_path, monkey
     monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path))
     summary = run_eval(smollm2, "none", tmp_path / "cf.json", out=tmp_path / "a", max_out_len=24, progress=False)
     assert "GE" in summary["metrics"] and "RS" not in summary["metrics"]
-    assert summary["notes"][0].startswith("RS not computed: attribute_snippets.json, idf.npy, tfidf_vocab.json not in")
+    assert summary["notes"][0].startswith(f"RS not computed: attribute_snippets.json is not in {tmp_path} nor cached")
     (tmp_path / "tfidf_vocab.json").write_text(json.dumps({"tongue": 0, "speak": 1, "english": 2}))
     np.save(tmp_path / "idf.npy", np.ones(3))
     samples = [{"name": "X", "text": "English is the tongue they speak"}]
@@ -314,7 +314,7 @@ def test_each_method_prepares_only_its_own_context(smollm2, tmp_path, monkeypatc
     def no_rome(*args, **kwargs):
         raise AssertionError("this method must not need ROME's templates or key statistics")
 
-    monkeypatch.setattr(methods, "key_statistics", no_rome)
+    monkeypatch.setattr(methods, "statistics_for", no_rome)
     monkeypatch.setattr(methods.rome, "context_templates", no_rome)
     for name in ("none", "ft", "ft-l"):
         run_eval(smollm2, name, "counterfact", 1, tmp_path / name, max_out_len=0, progress=False)

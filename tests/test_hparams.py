@@ -7,17 +7,18 @@ import pytest
 from jrome.editing import MemitHparams, RomeHparams, hparams_for, load_preset, presets
 
 # The originals' values, read from kmeng01/rome@0874014 hparams/ROME/*.json and kmeng01/memit@80426fd
-# hparams/{ROME/EleutherAI_gpt-neox-20b,MEMIT/*}.json (layers as jrome's single `layer` for ROME).
+# hparams/{ROME/EleutherAI_gpt-neox-20b,MEMIT/*}.json (layers as jrome's single `layer` for ROME); mom2_published is
+# the folder the original's layer_stats downloads from (config._name_or_path with "/" as "_").
 SHARED_ROME = {
     "fact_token": "subject_last", "v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5, "kl_factor": 0.0625,
     "mom2_adjustment": True, "context_template_length_params": ((5, 10), (10, 10)), "mom2_n_samples": 100000,
 }  # fmt: skip
 ORIGINAL_ROME = {
-    "gpt2-medium": {"layer": 8, "v_loss_layer": 23, "clamp_norm_factor": 3},
-    "gpt2-large": {"layer": 12, "v_loss_layer": 35, "clamp_norm_factor": 4},
-    "gpt2-xl": {"layer": 17, "v_loss_layer": 47, "clamp_norm_factor": 4},
-    "gpt-j-6b": {"layer": 5, "v_loss_layer": 27, "clamp_norm_factor": 4},
-    "gpt-neox-20b": {"layer": 15, "v_loss_layer": 43, "clamp_norm_factor": 4},
+    "gpt2-medium": {"layer": 8, "v_loss_layer": 23, "clamp_norm_factor": 3, "mom2_published": "gpt2-medium"},
+    "gpt2-large": {"layer": 12, "v_loss_layer": 35, "clamp_norm_factor": 4, "mom2_published": "gpt2-large"},
+    "gpt2-xl": {"layer": 17, "v_loss_layer": 47, "clamp_norm_factor": 4, "mom2_published": "gpt2-xl"},
+    "gpt-j-6b": {"layer": 5, "v_loss_layer": 27, "clamp_norm_factor": 4, "mom2_published": "EleutherAI_gpt-j-6B"},
+    "gpt-neox-20b": {"layer": 15, "v_loss_layer": 43, "clamp_norm_factor": 4, "mom2_published": None},
 }
 SHARED_MEMIT = {
     "fact_token": "subject_last", "v_lr": 0.5, "v_weight_decay": 0.5, "kl_factor": 0.0625, "clamp_norm_factor": 0.75,
@@ -29,8 +30,15 @@ ORIGINAL_MEMIT = {
         "v_num_grad_steps": 20,
         "v_loss_layer": 47,
         "mom2_update_weight": 20000,
+        "mom2_published": "gpt2-xl",
     },
-    "gpt-j-6b": {"layers": (3, 4, 5, 6, 7, 8), "v_num_grad_steps": 25, "v_loss_layer": 27, "mom2_update_weight": 15000},
+    "gpt-j-6b": {
+        "layers": (3, 4, 5, 6, 7, 8),
+        "v_num_grad_steps": 25,
+        "v_loss_layer": 27,
+        "mom2_update_weight": 15000,
+        "mom2_published": "EleutherAI_gpt-j-6B",
+    },
 }
 
 
@@ -79,3 +87,9 @@ def test_overrides_and_errors():
         MemitHparams(layers=(1, 2), fact_token="last")
     with pytest.raises(ValueError, match="needs one '\\{\\}'"):
         RomeHparams(layer=1, context_templates=("{} and {}",))
+
+
+def test_a_published_statistics_folder_must_be_a_plain_name():
+    with pytest.raises(ValueError, match=r"mom2_published='\.\./gpt2-xl': expected a model folder name"):
+        RomeHparams(layer=1, mom2_published="../gpt2-xl")
+    assert MemitHparams(layers=(1,), mom2_published="EleutherAI_gpt-j-6B").mom2_published == "EleutherAI_gpt-j-6B"

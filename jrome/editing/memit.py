@@ -25,7 +25,7 @@ from ..models.lm import LM
 from .hparams import MemitHparams, hparams_for
 from .keys import grouped_key, read_at_fact
 from .requests import Request, parse_requests
-from .stats import KeyStats, key_statistics
+from .stats import KeyStats, statistics_for
 from .templates import memit_templates, template_groups
 from .undo import Undo, add_to_layer, down_kernel, with_down_kernel
 from .vsearch import search
@@ -128,7 +128,8 @@ def edit(
 ) -> tuple[LM, Undo]:
     """Apply MEMIT to all requests together; return the edited LM and an Undo. `lm` itself is not changed.
 
-    stats: {layer: KeyStats} for every edited layer (default: computed in one pass and cached on disk).
+    stats: {layer: KeyStats} for every edited layer (default: the published ones if here, else computed in one pass
+    and cached on disk).
     progress: say what the slow steps do (statistics, templates, each fact's v* search) on stderr.
     """
     reqs, target_ids = parse_requests(lm, requests, "MEMIT")
@@ -137,9 +138,7 @@ def edit(
     if len(set(subjects)) < len(subjects):
         raise ValueError("MEMIT edits each subject once per batch; these requests repeat a subject")
     if stats is None:
-        stats = key_statistics(
-            lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
-        )
+        stats = statistics_for(lm, hp, hp.layers, progress=progress)
     missing = [layer for layer in hp.layers if layer not in stats]
     if missing:
         raise ValueError(f"stats has no statistics for layers {missing}")

@@ -26,7 +26,7 @@ from ..models.lm import LM
 from .hparams import RomeHparams, hparams_for
 from .keys import template_keys
 from .requests import Request, parse_requests
-from .stats import KeySolver, KeyStats, key_statistics, read_layer_stats
+from .stats import KeySolver, KeyStats, read_layer_stats, statistics_for
 from .templates import rome_templates
 from .undo import Undo, add_to_layer, down_kernel, with_down_kernel
 from .vsearch import search
@@ -67,7 +67,7 @@ def resolve_stats(
     lm: LM, hp: RomeHparams, layer: int, stats: Any, progress: bool = True
 ) -> KeyStats | np.ndarray | None:
     """The key statistics for `layer`: given (KeyStats, an array C, a statistics file in the original's layout,
-    or {layer: one of those}), else computed over hp's corpus (cached)."""
+    or {layer: one of those}), else the published ones if they are here, else computed over hp's corpus (cached)."""
     if not hp.mom2_adjustment:
         return None
     if isinstance(stats, dict):
@@ -77,9 +77,7 @@ def resolve_stats(
     if isinstance(stats, str | os.PathLike):
         return read_layer_stats(stats, layer)
     if stats is None:
-        return key_statistics(
-            lm, layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
-        )[layer]
+        return statistics_for(lm, hp, layer, progress=progress)[layer]
     return stats
 
 

@@ -17,14 +17,17 @@ import hashlib
 import io
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..data import cache_dir, data_dir
 from ..files import atomic_write_bytes
 from ..interventions import Interventions
 from ..models.config import ModelConfig
@@ -97,16 +100,9 @@ def cholesky(c: np.ndarray, regularize: float = 0.0) -> np.ndarray:
         ) from err
 
 
-def cache_dir() -> Path:
-    """Where statistics are cached: $JROME_CACHE_DIR, else ~/.cache/jrome."""
-    return Path(os.environ.get("JROME_CACHE_DIR", Path.home() / ".cache" / "jrome"))
-
-
 def corpus_files(corpus: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Text files of a corpus: "wikitext-2" ($JROME_DATA_DIR/wikitext-2/*.txt), "hf:<dataset repo>", paths or folders."""
     if isinstance(corpus, str) and corpus == "wikitext-2":
-        from ..data import data_dir
-
         folder = data_dir() / "wikitext-2"
         files = sorted(folder.glob("*.txt"))
         if not files:
@@ -334,3 +330,41 @@ def read_layer_stats(path: str | os.PathLike, layer: int | None = None) -> KeySt
             raise ValueError(f"cannot tell the layer from the file name {path.name}; pass layer=")
         layer = int(found.group(1))
     return KeyStats(layer, mom2, count, str(path))
+
+
+def statistics_for(
+    lm: LM, hp: Any, layers: int | Sequence[int], *, download: bool = False, progress: bool = True
+) -> dict[int, KeyStats]:
+    """Each layer's key statistics as ROME or MEMIT hyperparameters ask for them: the original's published file for
+    the model hp.mom2_published names (e.g. gpt2-xl) when it is here or, with `download`, can be fetched; else
+    computed over hp.mom2_corpus (cached). With `progress`, says on stderr which it is and why."""
+    from ..data import fetch, published_stats_name
+
+    layers = sorted({layers} if isinstance(layers, int) else set(layers))
+    out: dict[int, KeyStats] = {}
+    for layer in layers if hp.mom2_published else ():
+        module = MODULE_NAMES[lm.config.family].format(layer)
+        name = published_stats_name(hp.mom2_published, module, hp.mom2_n_samples or 100_000)
+        try:
+            path = fetch(name, download=download, progress=progress)
+        except OSError as err:  # not here, not published, or offline: computed instead
+            _say(f"key statistics, layer {layer}: no published file ({err}); computing them", progress)
+            continue
+        stats = read_layer_stats(path, layer)
+        if stats.mom2.shape != (lm.config.d_mlp,) * 2:
+            raise ValueError(
+                f"{path} holds {stats.mom2.shape} statistics; this model's MLP keys have {lm.config.d_mlp}"
+            )
+        out[layer] = stats
+        _say(f"key statistics, layer {layer}: the original's published {path}", progress)
+    todo = [layer for layer in layers if layer not in out]
+    if todo:
+        out |= key_statistics(
+            lm, todo, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
+        )
+    return out
+
+
+def _say(text: str, progress: bool) -> None:
+    if progress:
+        print(text, file=sys.stderr)

@@ -1,7 +1,7 @@
 """Edit datasets as one record type: CounterFact (original and compact formats), zsRE (MEND format), known facts.
 
-Files are read from $JROME_DATA_DIR; when a file is absent and the machine is online, the published copy is
-downloaded into the cache folder once. A missing file is otherwise an error that says where to get it.
+Files are read from $JROME_DATA_DIR, else from the published copies fetched into the cache (jrome.data.fetch; the
+library downloads only when asked). A missing file is an error that says where to get it.
 """
 
 from __future__ import annotations
@@ -9,23 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..data import data_dir
-from ..editing.rome import Request
-from ..editing.stats import cache_dir
-from ..files import atomic_write_bytes
+from ..data import data_dir, fetch
+from ..editing.requests import Request
 
 DATASETS = ("counterfact", "zsre")
-ROME_SITE = "https://rome.baulab.info/data/dsets"
-# Local file names to look for (first found wins), and where the published copy lives.
+# Local file names to look for (first found wins), and the published file (jrome.data.FILES) to fetch otherwise.
 FILES = {
     "counterfact": (["counterfact.json", "counterfact/counterfact.json", "counterfact/counterfact-edit.json"],
-                    f"{ROME_SITE}/counterfact.json"),
+                    "counterfact.json"),
     "zsre": (["zsre_mend_eval.json", "zsre/zsre_mend_eval.json", "zsre/zsre_mend_train-1k.json"],
-             f"{ROME_SITE}/zsre_mend_eval.json"),
+             "zsre_mend_eval.json"),
 }  # fmt: skip
 
 
@@ -140,41 +136,37 @@ def parse_zsre(records: list[dict], source: str = "zsRE") -> list[EditCase]:
     return cases
 
 
-def dataset_path(name: str) -> Path:
-    """The dataset's file under $JROME_DATA_DIR, or a cached download of the published copy."""
+def dataset_path(name: str, *, download: bool = False) -> Path:
+    """The dataset's file under $JROME_DATA_DIR (any of the usual names), else the published copy fetched into the
+    cache — downloaded only with `download` (the CLI's choice; the library never goes online unasked)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    candidates, url = FILES[name]
+    candidates, published = FILES[name]
     for candidate in candidates:
         if (data_dir() / candidate).is_file():
             return data_dir() / candidate
-    cached = cache_dir() / "datasets" / url.rsplit("/", 1)[-1]
-    if cached.is_file():
-        return cached
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            atomic_write_bytes(cached, response.read())
-        return cached
-    except OSError as err:
+        return fetch(published, download=download)
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"dataset {name!r} not found in {data_dir()} (looked for {', '.join(candidates)}) and could not be "
-            f"downloaded from {url} ({err}); download it there and set JROME_DATA_DIR to its folder"
-        ) from err
+            f"dataset {name!r}: {err} (other names read there: {', '.join(candidates[1:])})"
+        ) from None
 
 
-def resolve_dataset(name_or_path: str | os.PathLike) -> tuple[str, Path]:
+def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool = False) -> tuple[str, Path]:
     """(format, file) of a dataset name ("counterfact", "zsre") or JSON path; an unknown one is an error."""
     path = Path(name_or_path)
     if str(name_or_path) in DATASETS:
-        return str(name_or_path), dataset_path(str(name_or_path))
+        return str(name_or_path), dataset_path(str(name_or_path), download=download)
     if path.is_file():
         return ("zsre" if "zsre" in path.name.lower() else "counterfact"), path
     raise ValueError(f"unknown dataset {str(name_or_path)!r}; known datasets: {', '.join(DATASETS)}, or a JSON path")
 
 
-def load_dataset(name_or_path: str | os.PathLike) -> list[EditCase]:
-    """A dataset by name ("counterfact", "zsre") or a JSON file in either format."""
-    name, path = resolve_dataset(name_or_path)
+def load_dataset(name_or_path: str | os.PathLike, *, download: bool = False) -> list[EditCase]:
+    """A dataset by name ("counterfact", "zsre") or a JSON file in either format; `download` fetches a missing
+    published copy (see dataset_path)."""
+    name, path = resolve_dataset(name_or_path, download=download)
     records = json.loads(path.read_text())
     if not isinstance(records, list):
         raise ValueError(f"{path} must hold a JSON list of records")

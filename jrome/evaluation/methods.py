@@ -18,7 +18,7 @@ from ..editing import memit, rome
 from ..editing.baselines import FTHparams, finetune, ft_hparams_for
 from ..editing.hparams import MemitHparams, RomeHparams
 from ..editing.requests import parse_requests
-from ..editing.stats import KeyStats, key_statistics
+from ..editing.stats import KeyStats, statistics_for
 from ..files import atomic_write_text
 from ..models.lm import LM
 from .datasets import EditCase
@@ -36,9 +36,17 @@ class Method(Protocol):
         (whether a layer exists is checked when the model is known)."""
         ...
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> Any:
+    def prepare(
+        self,
+        lm: LM,
+        folder: Path | None,
+        overrides: dict[str, Any],
+        seed: int,
+        progress: bool = True,
+        download: bool = False,
+    ) -> Any:
         """This method's context for a run: made once, saved in folder (if any), read back when resuming; progress
-        says what its slow steps (statistics, templates) do."""
+        says what its slow steps (statistics, templates) do; download fetches published key statistics."""
         ...
 
     def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: Any) -> Iterator[LM]:
@@ -88,7 +96,15 @@ class NoEdit:
         if overrides:
             raise ValueError(f"method 'none' takes no hyperparameters; got {sorted(overrides)}")
 
-    def prepare(self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True) -> None:
+    def prepare(
+        self,
+        lm: LM,
+        folder: Path | None,
+        overrides: dict[str, Any],
+        seed: int,
+        progress: bool = True,
+        download: bool = False,
+    ) -> None:
         self.check_overrides(overrides)
         saved_hparams(folder, self.name, lm, {}, lambda: None)
 
@@ -115,7 +131,13 @@ class Rome:
         RomeHparams(layer=None).override(**overrides)
 
     def prepare(
-        self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
+        self,
+        lm: LM,
+        folder: Path | None,
+        overrides: dict[str, Any],
+        seed: int,
+        progress: bool = True,
+        download: bool = False,
     ) -> RomeContext:
         def make() -> dict[str, Any]:
             hp = rome.resolve_hparams(lm, {**overrides, "rrome": self.rrome})
@@ -124,10 +146,8 @@ class Rome:
         hp = RomeHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
         stats = None
         if hp.mom2_adjustment:
-            stats = key_statistics(
-                lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
-            )
-        return RomeContext(hp, None if stats is None else stats[hp.layer])
+            stats = statistics_for(lm, hp, hp.layer, download=download, progress=progress)[hp.layer]
+        return RomeContext(hp, stats)
 
     def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: RomeContext) -> Iterator[LM]:
         edits = rome.edit_each(lm, [c.request for c in cases], ctx.hparams, stats=ctx.stats, progress=False)
@@ -152,7 +172,13 @@ class Memit:
         MemitHparams(layers=None).override(**overrides)
 
     def prepare(
-        self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
+        self,
+        lm: LM,
+        folder: Path | None,
+        overrides: dict[str, Any],
+        seed: int,
+        progress: bool = True,
+        download: bool = False,
     ) -> MemitContext:
         def make() -> dict[str, Any]:
             hp = memit.resolve_hparams(lm, overrides)
@@ -160,10 +186,7 @@ class Memit:
             return hp.override(context_templates=flat).to_dict()
 
         hp = MemitHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
-        stats = key_statistics(
-            lm, hp.layers, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
-        )
-        return MemitContext(hp, stats)
+        return MemitContext(hp, statistics_for(lm, hp, hp.layers, download=download, progress=progress))
 
     def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: MemitContext) -> Iterator[LM]:
         reqs, target_ids = parse_requests(lm, [c.request for c in cases], "MEMIT")
@@ -192,7 +215,13 @@ class FineTune:
         FTHparams(layer=0).override(**overrides)
 
     def prepare(
-        self, lm: LM, folder: Path | None, overrides: dict[str, Any], seed: int, progress: bool = True
+        self,
+        lm: LM,
+        folder: Path | None,
+        overrides: dict[str, Any],
+        seed: int,
+        progress: bool = True,
+        download: bool = False,
     ) -> FTContext:
         def make() -> dict[str, Any]:
             return ft_hparams_for(lm.name, lm.config.family, self.name).override(**overrides).to_dict()

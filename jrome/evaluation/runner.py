@@ -107,7 +107,9 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _generation_setup(cases: list[EditCase], max_out_len: int) -> tuple[References | None, list[str]]:
+def _generation_setup(
+    cases: list[EditCase], max_out_len: int, download: bool = False
+) -> tuple[References | None, list[str]]:
     """The reference texts for RS if this run computes it, and notes on what generation metrics are skipped."""
     if not cases or cases[0].dataset != "counterfact":
         return None, []
@@ -120,7 +122,7 @@ def _generation_setup(cases: list[EditCase], max_out_len: int) -> tuple[Referenc
     if not all(c.relation_id and c.target_new_id for c in cases):
         return None, ["RS not computed: these records have no requested_rewrite.relation_id or target_new.id"]
     try:
-        return load_references(), []
+        return load_references(download=download), []
     except FileNotFoundError as err:
         return None, [f"RS not computed: {err}"]
 
@@ -153,6 +155,7 @@ def run_eval(
     seed: int = 0,
     pre_from: str | os.PathLike | None = None,
     batch: int = 8,
+    download: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `method` on the first n cases of `dataset`; per-case results go to out/cases.jsonl as they finish.
@@ -163,6 +166,8 @@ def run_eval(
     batch: cases edited together (ROME, r-ROME and MEMIT search their v* as one program: faster, the same numbers
     to float32 rounding); each case is still edited from the unedited model. A case's edit seconds are its share
     of the batch's common work plus its own.
+    download: fetch a published dataset, RS file or key statistics file that is neither in $JROME_DATA_DIR nor
+    cached (jrome.data).
     """
     editor = get_method(method)
     if n is not None and n < 1:
@@ -171,7 +176,7 @@ def run_eval(
         raise ValueError(f"batch={batch} is not a number of cases; accepted: batch >= 1")
     if max_out_len < 0:
         raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
-    cases = load_dataset(dataset)
+    cases = load_dataset(dataset, download=download)
     notes = []
     if n is not None and n > len(cases):
         notes.append(f"n={n} is larger than the dataset ({len(cases)} cases); running all {len(cases)}")
@@ -184,8 +189,8 @@ def run_eval(
     reused = {} if pre_from is None else pre_scores(pre_from, lm, settings)
     if folder is not None:  # what decides a case's numbers besides the method's context (checked by prepare)
         check_settings(folder, settings, "cases.jsonl")
-    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress)
-    references, generation_notes = _generation_setup(cases, max_out_len)
+    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress, download)
+    references, generation_notes = _generation_setup(cases, max_out_len, download)
     notes += generation_notes
     done = read_jsonl(folder / "cases.jsonl", "case_id") if folder is not None else {}
     from tqdm.auto import tqdm
