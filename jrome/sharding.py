@@ -69,23 +69,25 @@ def check_divides(cfg: ModelConfig, model: int) -> None:
             )
 
 
+def leaf_sharding(cfg: ModelConfig, mesh: Mesh, keys: tuple[str, ...], ndim: int) -> NamedSharding:
+    """The NamedSharding of the parameter at `keys` (its path in the tree), with `ndim` dimensions."""
+    model = mesh.shape["model"]
+    axis = _SPLIT.get(keys)
+    if axis is None and keys in _VOCAB and cfg.vocab_size % model == 0:
+        axis = _VOCAB[keys]
+    if axis is None or model == 1:
+        return NamedSharding(mesh, P())
+    parts = [None] * ndim
+    parts[axis] = "model"
+    return NamedSharding(mesh, P(*parts))
+
+
 def param_shardings(cfg: ModelConfig, params: dict, mesh: Mesh) -> dict:
     """The NamedSharding of every parameter leaf (same tree structure as params)."""
-    model = mesh.shape["model"]
-    check_divides(cfg, model)
-
-    def spec(path: tuple, leaf: jax.Array) -> NamedSharding:
-        keys = tuple(getattr(k, "key", k) for k in path)
-        axis = _SPLIT.get(keys)
-        if axis is None and keys in _VOCAB and cfg.vocab_size % model == 0:
-            axis = _VOCAB[keys]
-        if axis is None or model == 1:
-            return NamedSharding(mesh, P())
-        parts = [None] * leaf.ndim
-        parts[axis] = "model"
-        return NamedSharding(mesh, P(*parts))
-
-    return jax.tree_util.tree_map_with_path(spec, params)
+    check_divides(cfg, mesh.shape["model"])
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf_sharding(cfg, mesh, tuple(getattr(k, "key", k) for k in path), leaf.ndim), params
+    )
 
 
 def shard(lm: LM, mesh: Mesh) -> LM:

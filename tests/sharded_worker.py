@@ -22,6 +22,7 @@ from conftest import tiny_tokenizer  # noqa: E402
 import jrome  # noqa: E402
 from jrome.editing import KeyStats, key_statistics, memit  # noqa: E402
 from jrome.interventions import Interventions  # noqa: E402
+from jrome.models import placement  # noqa: E402
 from jrome.sharding import make_mesh, mesh_of, shard  # noqa: E402
 from jrome.tracing import corrupt_and_clean, restore  # noqa: E402
 
@@ -35,6 +36,11 @@ def main(model_dir: str, data: int, model: int) -> None:
     many = shard(one, make_mesh(data, model))
     out = {"devices": len(jax.devices()), "mesh": dict(mesh_of(many).shape)}
     out["kernel_shards"] = len(many.params["blocks"]["mlp"]["down"]["kernel"].addressable_shards)
+    placement.CHUNK_BYTES = 1  # every layer its own block, written in place into the sharded array
+    placed = jrome.load(model_dir, tokenizer=tiny_tokenizer(), mesh=mesh_of(many))
+    pairs = list(zip(jax.tree.leaves(placed.params), jax.tree.leaves(many.params), strict=True))
+    out["load_mesh_bitwise"] = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+    out["load_mesh_layout"] = all(a.sharding.is_equivalent_to(b.sharding, a.ndim) for a, b in pairs)
 
     ids, mask = jrome.encode(one.tokenizer, ["the eiffel tower is located in the city of", "the louvre is in"])
     iv = Interventions(capture=("resid", "mlp_key", "mlp", "attn"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import gguf
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ from gguf_helpers import write_llama_gguf
 from test_parity import torch_run
 
 import jrome
+from jrome.models import placement
 from jrome.models.config import config_from_hf
 
 
@@ -36,6 +38,14 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_dir, tmp_path, rng):
     sharded = jrome.forward(jrome.load(tmp_path), ids).logits
     single = jrome.forward(jrome.load(tiny_dir("gpt_neox")), ids).logits
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox"])  # fused q/k/v split per layer; separate ones
+def test_parameters_larger_than_a_transfer_block_are_filled_in_place_block_by_block(tiny_dir, name, monkeypatch):
+    whole = jrome.load(tiny_dir(name))
+    for chunk in (1, 3 * 64 * 48 * 4):  # one layer per block; three MLP layers per block and a shorter last one
+        monkeypatch.setattr(placement, "CHUNK_BYTES", chunk)
+        chex.assert_trees_all_equal(jrome.load(tiny_dir(name)).params, whole.params)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama"])

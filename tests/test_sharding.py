@@ -27,6 +27,7 @@ def test_sharded_results_equal_one_device(tiny_dir, tmp_path, name, data, model)
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8 and out["mesh"] == {"data": data, "model": model}
     assert out["kernel_shards"] == data * model  # the weights really are spread over the mesh
+    assert out["load_mesh_bitwise"] and out["load_mesh_layout"]  # load(mesh=) places each tensor as shard() lays it out
     for key in ("forward_logits", "forward_captured", "trace_low_high", "trace_hidden", "trace_mlp", "trace_attn",
                 "trace_severed", "stats_mom2", "memit_kernel"):  # fmt: skip
         assert out[key] <= 1e-5, (key, out[key])

@@ -16,6 +16,7 @@ from .checkpoint import MARKER, load_saved
 from .config import config_from_hf
 from .gguf import GGUFFile, config_from_gguf, hf_tensors, tokenizer_from_gguf
 from .lm import LM
+from .placement import Placer
 from .weights import params_from_checkpoint
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -30,13 +31,6 @@ def _dtype(dtype: str | Any) -> Any:
             if jnp.dtype(dtype) == jnp.dtype(known):
                 return known
     raise ValueError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
-
-
-def _converter(dtype: Any, host: bool = False) -> Any:
-    """Checkpoint tensor → parameter leaf: on the default device, or (host=True) a NumPy array to be sharded."""
-    if host:
-        return lambda x: np.asarray(x).astype(dtype)
-    return lambda x: jnp.asarray(np.asarray(x), dtype=dtype)
 
 
 def embedded_path(name: str = "smollm2") -> Path:
@@ -60,26 +54,29 @@ def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = No
 
     dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
     tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
-    checkpoint tensors are gathered on the host and each device receives only its shard, so a model larger
-    than one device's memory loads.
+    each device receives only its shard. Checkpoint tensors are read one at a time, converted to dtype and put
+    in place (a stacked parameter is filled layer by layer), so the host never holds the model, only one tensor.
     """
     target = _dtype(dtype)
     spec = str(spec)
-    host = mesh is not None
     if spec in EMBEDDED:
-        lm = _load_gguf(embedded_path(spec), target, name=spec, host=host)
+        lm = _load_gguf(embedded_path(spec), target, name=spec, mesh=mesh)
     elif spec.endswith(".gguf"):
         if not Path(spec).is_file():
             raise FileNotFoundError(f"no GGUF file at {spec}")
-        lm = _load_gguf(Path(spec), target, name=spec, host=host)
+        lm = _load_gguf(Path(spec), target, name=spec, mesh=mesh)
     elif Path(spec).is_dir() and (Path(spec) / MARKER).is_file():
         lm = load_saved(Path(spec), target)
+        if mesh is not None:
+            from ..sharding import shard
+
+            lm = shard(lm, mesh)
     elif Path(spec).is_dir():
-        lm = _load_directory(Path(spec), target, name=spec, host=host)
+        lm = _load_directory(Path(spec), target, name=spec, mesh=mesh)
     elif Path(spec).exists():
         raise ValueError(f"{spec} is neither a .gguf file nor a model directory")
     elif spec.count("/") == 1 and not spec.startswith((".", "/")):
-        lm = _load_directory(_download(spec), target, name=spec, host=host)
+        lm = _load_directory(_download(spec), target, name=spec, mesh=mesh)
     else:
         raise FileNotFoundError(
             f"model {spec!r} not found: pass 'smollm2', a directory with config.json and *.safetensors, "
@@ -87,10 +84,6 @@ def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = No
         )
     if tokenizer is not None:
         lm = lm.replace(tokenizer=_tokenizer_from(tokenizer))
-    if mesh is not None:
-        from ..sharding import shard
-
-        lm = shard(lm, mesh)
     return lm
 
 
@@ -116,12 +109,12 @@ def _download(repo_id: str) -> Path:
         ) from err
 
 
-def _load_gguf(path: Path, dtype: Any, name: str, host: bool = False) -> LM:
+def _load_gguf(path: Path, dtype: Any, name: str, mesh: Any = None) -> LM:
     f = GGUFFile(path)
     cfg = config_from_gguf(f)
     f.check_types()
     names, get = hf_tensors(f, cfg)
-    params = params_from_checkpoint(cfg, names, get, _converter(dtype, host))
+    params = params_from_checkpoint(cfg, names, get, Placer(cfg, dtype, mesh))
     return LM(config=cfg, params=params, tokenizer=tokenizer_from_gguf(f), name=name)
 
 
@@ -141,29 +134,29 @@ def _safetensors_files(directory: Path) -> list[Path]:
     return files
 
 
-def _load_directory(directory: Path, dtype: Any, name: str, host: bool = False) -> LM:
+def _load_directory(directory: Path, dtype: Any, name: str, mesh: Any = None) -> LM:
     from safetensors import SafetensorError, safe_open
 
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json")
     cfg = config_from_hf(json.loads(config_file.read_text()))
-    handles: dict[str, Any] = {}
+    where: dict[str, Path] = {}  # tensor name → its file; each read maps the file only while it copies the tensor
     try:
         for file in _safetensors_files(directory):
-            handle = safe_open(str(file), framework="numpy")
-            handles.update({key: (file, handle) for key in handle.keys()})  # noqa: SIM118 (not a dict)
+            with safe_open(str(file), framework="numpy") as handle:
+                where.update(dict.fromkeys(handle.keys(), file))  # noqa: SIM118 (not a dict)
     except SafetensorError as err:
         raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {err}") from err
 
     def get(key: str) -> np.ndarray:
-        file, handle = handles[key]
         try:
-            return handle.get_tensor(key)
+            with safe_open(str(where[key]), framework="numpy") as handle:
+                return handle.get_tensor(key)
         except SafetensorError as err:
-            raise ValueError(f"{file}: cannot read tensor {key}: {err}") from err
+            raise ValueError(f"{where[key]}: cannot read tensor {key}: {err}") from err
 
-    params = params_from_checkpoint(cfg, set(handles), get, _converter(dtype, host))
+    params = params_from_checkpoint(cfg, set(where), get, Placer(cfg, dtype, mesh))
     return LM(config=cfg, params=params, tokenizer=_directory_tokenizer(directory), name=name)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from .config import ModelConfig
+from .placement import Placer
 
 Getter = Callable[[str], np.ndarray]
 
@@ -139,8 +140,8 @@ def _split_qkv(cfg: ModelConfig, family: str, w: np.ndarray, b: np.ndarray | Non
     return out
 
 
-def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, convert: Callable) -> dict:
-    """Build the parameter tree from checkpoint tensors; `convert` turns each numpy array into the stored array.
+def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, place: Placer) -> dict:
+    """Build the parameter tree from checkpoint tensors, read one at a time and put in place by `place`.
 
     `names` are the tensor names in the checkpoint (with or without the base model's prefix).
     """
@@ -155,36 +156,32 @@ def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, conve
 
     params: dict = {}
     for path, name, layout in _GLOBAL[family]:
-        _set(params, path, convert(_from_layout(read(name), layout)))
+        _set(params, path, place.array(path, _from_layout(read(name), layout)))
     head = _HEAD[family]
     if not cfg.tied_head:
-        _set(
-            params,
-            ("head", "kernel"),
-            convert(_from_layout(_head_tensor(names, get, head + ".weight", prefix), "linear")),
-        )
+        kernel = _from_layout(_head_tensor(names, get, head + ".weight", prefix), "linear")
+        _set(params, ("head", "kernel"), place.array(("head", "kernel"), kernel))
     if cfg.head_bias:
-        _set(params, ("head", "bias"), convert(_head_tensor(names, get, head + ".bias", prefix)))
+        _set(params, ("head", "bias"), place.array(("head", "bias"), _head_tensor(names, get, head + ".bias", prefix)))
 
     blocks: dict = {}
     for path, name, layout in _LAYER[family]:
         if _wanted(cfg, path):
-            layers = [_from_layout(read(name.format(i=i)), layout) for i in range(cfg.n_layers)]
-            _set(blocks, path, convert(np.stack(layers)))
+            (leaf,) = place.stack([path], lambda i, n=name, lay=layout: [_from_layout(read(n.format(i=i)), lay)], cfg.n_layers)  # fmt: skip
+            _set(blocks, path, leaf)
     if family in _FUSED_QKV:
         base = _FUSED_QKV[family]
-        per_layer = [
-            _split_qkv(
-                cfg,
-                family,
-                read(base.format(i=i) + ".weight"),
-                read(base.format(i=i) + ".bias") if cfg.qkv_bias else None,
-            )
-            for i in range(cfg.n_layers)
+
+        def split(i: int) -> list[np.ndarray]:
+            bias = read(base.format(i=i) + ".bias") if cfg.qkv_bias else None
+            parts = _split_qkv(cfg, family, read(base.format(i=i) + ".weight"), bias)
+            return [parts[proj][leaf] for proj in "qkv" for leaf in sorted(parts[proj])]
+
+        leaves = [
+            ("attn", proj, leaf) for proj in "qkv" for leaf in (["bias", "kernel"] if cfg.qkv_bias else ["kernel"])
         ]
-        for proj in "qkv":
-            for leaf in per_layer[0][proj]:
-                _set(blocks, ("attn", proj, leaf), convert(np.stack([p[proj][leaf] for p in per_layer])))
+        for path, leaf in zip(leaves, place.stack(leaves, split, cfg.n_layers), strict=True):
+            _set(blocks, path, leaf)
     params["blocks"] = blocks
     return params
 

@@ -1,0 +1,82 @@
+"""Checkpoint tensors onto their devices as they are read: a stacked parameter [layers, ...] is sent in blocks of
+layers of at most CHUNK_BYTES (or one layer), each written in place into the array allocated where the parameter
+lives (one device, or its shards of a mesh), so the host holds one block or tensor at a time, never the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+
+Path = tuple[str, ...]
+
+
+CHUNK_BYTES = 64 << 20  # layers are gathered on the host up to this size (or one tensor) before a transfer
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write(stacked: jax.Array, block: jax.Array, start: jax.Array) -> jax.Array:
+    """stacked with layers start.. replaced by block, in place (the old buffer is donated)."""
+    return jax.lax.dynamic_update_slice_in_dim(stacked, block, start, 0)
+
+
+class Placer:
+    """Turns checkpoint tensors (NumPy, any float dtype) into parameter leaves of `dtype` on the default device,
+    or laid out over `mesh` as jrome.sharding lays out parameters."""
+
+    def __init__(self, cfg: ModelConfig, dtype: Any, mesh: Any = None) -> None:
+        if mesh is not None:
+            from ..sharding import check_divides
+
+            check_divides(cfg, mesh.shape["model"])
+        self.cfg, self.dtype, self.mesh = cfg, dtype, mesh
+
+    def _sharding(self, path: Path, ndim: int) -> Any:
+        """Where the leaf at `path` (from the tree's root) lives: None for the default device."""
+        if self.mesh is None:
+            return None
+        from ..sharding import leaf_sharding
+
+        return leaf_sharding(self.cfg, self.mesh, path, ndim)
+
+    def _put(self, x: np.ndarray, path: Path) -> jax.Array:
+        host = np.asarray(x).astype(self.dtype, copy=False)
+        sharding = self._sharding(path, host.ndim)
+        return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+
+    def array(self, path: Path, x: np.ndarray) -> jax.Array:
+        """One tensor as the leaf at `path`."""
+        return self._put(x, path)
+
+    def stack(self, paths: Sequence[Path], read: Callable[[int], Sequence[np.ndarray]], n: int) -> list[jax.Array]:
+        """The leaves at `paths` (under "blocks"), each [n, ...]: read(i) gives layer i's tensor for every path.
+
+        Layers are read in order and sent in blocks of about CHUNK_BYTES (at least one layer): a parameter that
+        fits is sent whole; a larger one is allocated on its devices and filled block by block."""
+        full = [("blocks", *path) for path in paths]
+        itemsize = np.dtype(self.dtype).itemsize
+        out: list[jax.Array] | None = None
+        pending: list[Sequence[np.ndarray]] = []
+        start = 0
+        for i in range(n):
+            pending.append(read(i))
+            if i < n - 1 and sum(x.size for layer in pending for x in layer) * itemsize < CHUNK_BYTES:
+                continue
+            blocks = [self._put(np.stack([layer[j] for layer in pending]), p) for j, p in enumerate(full)]
+            if start == 0 and i == n - 1:
+                return blocks
+            if out is None:
+                out = [
+                    jnp.zeros((n, *b.shape[1:]), self.dtype, device=self._sharding(p, b.ndim))
+                    for b, p in zip(blocks, full, strict=True)
+                ]
+            out = [_write(o, b, np.int32(start)) for o, b in zip(out, blocks, strict=True)]
+            start, pending = i + 1, []
+        assert out is not None
+        return out
