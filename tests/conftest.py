@@ -38,7 +38,9 @@ def golden_file(name: str) -> Path:
 
 
 # Tiny configs that exercise what differs between the families: partial and interleaved rotary, parallel
-# residuals with one or two norms, grouped-query attention, biases, tied and untied heads.
+# residuals with one or two norms, grouped-query attention, biases, tied and untied heads; and the Llama-layout
+# families: Mistral (a sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms, head_dim apart from d/heads),
+# Gemma (scale-minus-one norms, scaled embeddings, GeGLU, one kv head).
 TINY = {
     "gpt2": dict(n_layer=3, n_embd=32, n_head=4, vocab_size=96, n_positions=64, n_inner=48),
     "gptj": dict(n_layer=3, n_embd=64, n_head=4, vocab_size=96, n_positions=64, rotary_dim=8),
@@ -53,6 +55,22 @@ TINY = {
     "llama": dict(
         num_hidden_layers=3, hidden_size=48, num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
         vocab_size=96, rope_theta=100000.0, max_position_embeddings=64, tie_word_embeddings=True,
+    ),
+    "mistral": dict(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40,
+        vocab_size=96, max_position_embeddings=64, sliding_window=16, head_dim=8,
+    ),
+    "qwen2": dict(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40,
+        vocab_size=96, max_position_embeddings=64, tie_word_embeddings=False, rope_theta=1000000.0,
+    ),
+    "qwen3": dict(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40,
+        vocab_size=96, max_position_embeddings=64, head_dim=12, tie_word_embeddings=True,
+    ),
+    "gemma": dict(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1, intermediate_size=40,
+        vocab_size=96, max_position_embeddings=64, head_dim=16,
     ),
     "llama_bias": dict(
         num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4, intermediate_size=40,
@@ -72,6 +90,10 @@ def build_torch_model(name: str, seed: int = 0):
         "gptj": (transformers.GPTJConfig, transformers.GPTJForCausalLM),
         "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM),
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
     }[family]
     torch.manual_seed(seed)
     config = config_cls(**TINY[name], bos_token_id=0, eos_token_id=1, pad_token_id=1)

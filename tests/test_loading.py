@@ -48,7 +48,7 @@ def test_parameters_larger_than_a_transfer_block_are_filled_in_place_block_by_bl
         chex.assert_trees_all_equal(jrome.load(tiny_dir(name)).params, whole.params)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma"])
 def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
     import transformers
 
@@ -57,8 +57,31 @@ def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
     d, heads = hf.hidden_size, hf.num_attention_heads
     mlp = getattr(hf, "intermediate_size", None) or getattr(hf, "n_inner", None) or 4 * d  # GPT-J: None means 4d
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.vocab_size) == (hf.num_hidden_layers, d, heads, hf.vocab_size)
-    assert (cfg.d_mlp, cfg.max_positions) == (mlp, hf.max_position_embeddings)
-    assert cfg.n_kv_heads == getattr(hf, "num_key_value_heads", heads) and cfg.head_dim == d // heads
+    assert cfg.d_mlp == mlp
+    assert cfg.n_kv_heads == getattr(hf, "num_key_value_heads", heads)
+    assert cfg.head_dim == (getattr(hf, "head_dim", None) or d // heads)
+    assert cfg.max_positions == min(hf.max_position_embeddings, getattr(hf, "sliding_window", None) or 1 << 62)
+
+
+def test_the_llama_layout_families_are_switches_of_one_config(tiny_dir):
+    configs = {name: jrome.load(tiny_dir(name)).config for name in ("llama", "mistral", "qwen2", "qwen3", "gemma")}
+    assert {c.family for c in configs.values()} == {"llama"}
+    assert (configs["qwen2"].qkv_bias, configs["qwen2"].attn_out_bias) == (True, False)
+    assert configs["qwen3"].qk_norm and not configs["llama"].qk_norm
+    assert configs["mistral"].sliding_window == 16 and configs["llama"].sliding_window == 0
+    gemma = configs["gemma"]
+    assert (gemma.norm_offset, gemma.embed_scale, gemma.activation) == (1.0, 32**0.5, "gelu_tanh")
+    config = json.loads((tiny_dir("qwen2") / "config.json").read_text()) | {"use_sliding_window": True}
+    with pytest.raises(ValueError, match="qwen2 with use_sliding_window .* is not supported"):
+        config_from_hf(config)
+
+
+def test_a_sequence_longer_than_a_sliding_window_is_refused(tiny_lm):
+    lm = tiny_lm("mistral")  # window 16: within it the window changes nothing (the parity tests), beyond it is refused
+    assert lm.config.max_positions == 16
+    assert jrome.forward(lm, np.arange(2, 18)[None]).logits.shape == (1, 16, 96)
+    with pytest.raises(ValueError, match="17 tokens exceed the model's context of 16 positions"):
+        jrome.forward(lm, np.arange(2, 19)[None])
 
 
 def test_old_style_config_keys_are_read():

@@ -157,16 +157,18 @@ def test_sequential_edits_and_r_rome(smollm2, golden_rome, golden_hparams):
 # The v* search: the fast program against the straightforward one, on tiny models of two families.
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma"])
 def test_fast_v_search_equals_the_full_forward_version(tiny_lm, name):
     lm = tiny_lm(name)
-    hp = RomeHparams(layer=1, context_templates=("{}", "a new {}", "the old big famous {}"), v_num_grad_steps=6)
+    layer = lm.config.n_layers - 2  # not the last: its output at the subject cannot reach the target tokens
+    hp = RomeHparams(layer=layer, context_templates=("{}", "a new {}", "the old big famous {}"), v_num_grad_steps=6)
     req = Request("{} is located in the city of", "the eiffel tower", "rome paris")
-    fast = search(lm, [req], hp.context_templates, [target_ids(lm, req)], 1, hp, fast=True)
-    ref = search(lm, [req], hp.context_templates, [target_ids(lm, req)], 1, hp, fast=False)
+    fast = search(lm, [req], hp.context_templates, [target_ids(lm, req)], layer, hp, fast=True)
+    ref = search(lm, [req], hp.context_templates, [target_ids(lm, req)], layer, hp, fast=False)
     np.testing.assert_allclose(fast[2], ref[2], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fast[0], ref[0], rtol=1e-3, atol=1e-4)
     assert np.linalg.norm(fast[0]) > 0 and np.isfinite(fast[2][0, :, 0]).all()
+    assert fast[2][0, -1, 1] < fast[2][0, 0, 1] - 1e-2  # the search learns: the target's NLL falls
 
 
 BATCH = [  # prompts, subjects and targets of different lengths, so rows, fact columns and target tokens differ

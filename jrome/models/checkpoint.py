@@ -104,10 +104,22 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
             "use_parallel_residual": cfg.parallel_residual, "rotary_pct": fraction, "rotary_emb_base": cfg.rope_theta,
             "partial_rotary_factor": fraction,
         }  # fmt: skip
-    return common | d | {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_key_value_heads": cfg.n_kv_heads,
+    kind = cfg.model_type or "llama"
+    llama = common | d | {
+        "model_type": kind, "architectures": [LLAMA_ARCHITECTURES[kind]], "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim, "rms_norm_eps": cfg.norm_eps, "mlp_bias": cfg.mlp_bias,
     }  # fmt: skip
+    if kind == "mistral":
+        llama["sliding_window"] = cfg.sliding_window or None
+    if kind == "gemma":
+        llama["hidden_act"] = "gelu_pytorch_tanh"
+    return llama
+
+
+LLAMA_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
+}  # fmt: skip
 
 
 def export_hf(lm: LM, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""One frozen description of a decoder-only transformer; GPT-2, GPT-J, GPT-NeoX and Llama are values of it."""
+"""One frozen description of a decoder-only transformer; GPT-2, GPT-J, GPT-NeoX and Llama are values of it, and
+so are Mistral, Qwen2, Qwen3 and Gemma: Llama's parameter layout with a few switches (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ class ModelConfig:
     mlp_bias: bool = True
     tied_head: bool = True
     head_bias: bool = False
+    model_type: str = ""  # the Hugging Face model_type it was read from (written back on export); "" = family
+    qk_norm: bool = False  # RMSNorm of each head's query and key before rotary (Qwen3)
+    norm_offset: float = 0.0  # RMSNorm multiplies by scale + this (Gemma stores scale - 1)
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
+    sliding_window: int = 0  # Mistral's attention window (also its max_positions here, see _llama_like); 0 = none
 
     def __post_init__(self) -> None:
         checks = {
@@ -56,6 +62,8 @@ class ModelConfig:
             raise ValueError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
         if self.shared_norm and not self.parallel_residual:
             raise ValueError("shared_norm only makes sense with parallel_residual=True")
+        if self.family != "llama" and (self.qk_norm or self.norm_offset or self.embed_scale != 1.0):
+            raise ValueError("qk_norm, norm_offset and embed_scale are switches of the llama layout only")
 
     @property
     def q_dim(self) -> int:
@@ -181,35 +189,57 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
             attn_out_bias=bias,
             tied_head=_get(cfg, "tie_word_embeddings", default=False),
         )
-    if model_type == "llama":
-        d = cfg["hidden_size"]
-        heads = cfg["num_attention_heads"]
-        head_dim = _get(cfg, "head_dim", default=d // heads)
-        theta, fraction = _rope(cfg, 10000.0, 1.0)
-        bias = _get(cfg, "attention_bias", default=False)
-        return ModelConfig(
-            family="llama",
-            vocab_size=cfg["vocab_size"],
-            d_model=d,
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=heads,
-            n_kv_heads=_get(cfg, "num_key_value_heads", default=heads),
-            head_dim=head_dim,
-            d_mlp=cfg["intermediate_size"],
-            max_positions=_get(cfg, "max_position_embeddings", default=2048),
-            norm="rmsnorm",
-            norm_eps=_get(cfg, "rms_norm_eps", default=1e-6),
-            positions="rotary",
-            rotary_dim=int(head_dim * fraction),
-            rope_theta=theta,
-            mlp="swiglu",
-            activation=_activation(_get(cfg, "hidden_act", default="silu")),
-            qkv_bias=bias,
-            attn_out_bias=bias,
-            mlp_bias=_get(cfg, "mlp_bias", default=False),
-            tied_head=_get(cfg, "tie_word_embeddings", default=False),
-        )
+    if model_type in LLAMA_LIKE:
+        return _llama_like(model_type, cfg)
     raise ValueError(
         f"unknown architecture model_type={model_type!r}; supported families: {', '.join(FAMILIES)} "
-        "(GPT-2, GPT-J, GPT-NeoX/Pythia, Llama and Llama-like such as SmolLM2)"
+        f"(GPT-2, GPT-J, GPT-NeoX/Pythia, and the Llama layout: {', '.join(LLAMA_LIKE)}, e.g. SmolLM2)"
+    )
+
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+
+
+def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
+    """Llama and the families that share its parameter names, each as switches of the one config:
+    Mistral (a sliding window), Qwen2 (biases on q, k, v only), Qwen3 (q/k RMSNorm), Gemma (RMSNorm scale stored
+    minus one, embeddings times sqrt(d), GeGLU, tied head, head_dim 256)."""
+    d = cfg["hidden_size"]
+    heads = cfg["num_attention_heads"]
+    gemma = model_type == "gemma"
+    head_dim = _get(cfg, "head_dim", default=256 if gemma else d // heads)
+    theta, fraction = _rope(cfg, 10000.0, 1.0)
+    bias = _get(cfg, "attention_bias", default=False)
+    if model_type in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        raise ValueError(f"{model_type} with use_sliding_window (windows on some layers only) is not supported")
+    act = _get(cfg, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh" if gemma else "silu")
+    # A sliding window limits what a position sees only beyond its length, so jrome takes it as the context:
+    # every sequence it runs fits in the window, where the model computes exactly what full attention computes.
+    window = (_get(cfg, "sliding_window", default=0) or 0) if model_type == "mistral" else 0
+    return ModelConfig(
+        family="llama",
+        model_type=model_type,
+        vocab_size=cfg["vocab_size"],
+        d_model=d,
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=_get(cfg, "num_key_value_heads", default=heads),
+        head_dim=head_dim,
+        d_mlp=cfg["intermediate_size"],
+        max_positions=min(_get(cfg, "max_position_embeddings", default=8192 if gemma else 2048), window or 1 << 62),
+        norm="rmsnorm",
+        norm_eps=_get(cfg, "rms_norm_eps", default=1e-6),
+        positions="rotary",
+        rotary_dim=int(head_dim * fraction),
+        rope_theta=theta,
+        mlp="swiglu",
+        activation="gelu_tanh" if gemma else _activation(act),  # Gemma's legacy "gelu" means the tanh form too
+        qkv_bias=True if model_type == "qwen2" else bias,
+        attn_out_bias=False if model_type == "qwen2" else bias,
+        mlp_bias=_get(cfg, "mlp_bias", default=False),
+        tied_head=_get(cfg, "tie_word_embeddings", default=gemma),
+        qk_norm=model_type == "qwen3",
+        norm_offset=1.0 if gemma else 0.0,
+        embed_scale=float(d) ** 0.5 if gemma else 1.0,
+        sliding_window=window,
     )

@@ -77,6 +77,8 @@ def norm(cfg: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
     x32 = x.astype(F32)
     if cfg.norm == "rmsnorm":
         y = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+        if cfg.norm_offset:  # Gemma: (1 + scale) in float32, then cast
+            return (y * (p["scale"].astype(F32) + cfg.norm_offset)).astype(x.dtype)
         return p["scale"] * y.astype(x.dtype)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
@@ -124,6 +126,8 @@ def attention(
     q = dense(p["q"], x).reshape(b, r, cfg.n_heads, cfg.head_dim)
     k = dense(p["k"], x).reshape(b, r, cfg.n_kv_heads, cfg.head_dim)
     v = dense(p["v"], x).reshape(b, r, cfg.n_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q, k = norm(cfg, p["q_norm"], q), norm(cfg, p["k_norm"], k)
     if rows.rope is not None:
         q, k = _rotate(cfg, q, rows.rope), _rotate(cfg, k, rows.rope)
     keys, values, mask = k, v, self_mask
@@ -231,8 +235,10 @@ def run_layers(
 
 
 def embed(cfg: ModelConfig, params: Params, ids: jax.Array, positions: jax.Array) -> jax.Array:
-    """Token embeddings, plus learned position embeddings where the model has them."""
+    """Token embeddings (times the model's embedding scale), plus learned position embeddings where it has them."""
     h = params["embed"]["tokens"][ids]
+    if cfg.embed_scale != 1.0:  # Gemma: the scale cast to the weights' dtype first, as transformers does
+        h = h * jnp.asarray(cfg.embed_scale, h.dtype)
     if cfg.positions == "learned":
         h = h + params["embed"]["positions"][positions]
     return h

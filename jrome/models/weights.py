@@ -91,6 +91,8 @@ _LAYER = {
         (("attn", "v", "bias"), "layers.{i}.self_attn.v_proj.bias", "vector"),
         (("attn", "o", "kernel"), "layers.{i}.self_attn.o_proj.weight", "linear"),
         (("attn", "o", "bias"), "layers.{i}.self_attn.o_proj.bias", "vector"),
+        (("attn", "q_norm", "scale"), "layers.{i}.self_attn.q_norm.weight", "vector"),
+        (("attn", "k_norm", "scale"), "layers.{i}.self_attn.k_norm.weight", "vector"),
         (("mlp", "gate", "kernel"), "layers.{i}.mlp.gate_proj.weight", "linear"),
         (("mlp", "gate", "bias"), "layers.{i}.mlp.gate_proj.bias", "vector"),
         (("mlp", "up", "kernel"), "layers.{i}.mlp.up_proj.weight", "linear"),
@@ -105,7 +107,9 @@ _FUSED_QKV = {"gpt2": "h.{i}.attn.c_attn", "gpt_neox": "layers.{i}.attention.que
 
 
 def _wanted(cfg: ModelConfig, path: tuple[str, ...]) -> bool:
-    """Whether this architecture has the parameter at `path` (biases and the second norm are optional)."""
+    """Whether this architecture has the parameter at `path` (biases, q/k norms and the second norm are optional)."""
+    if path[:2] in (("attn", "q_norm"), ("attn", "k_norm")):
+        return cfg.qk_norm
     if path[-1] == "bias":
         if path[0] == "attn":
             return cfg.qkv_bias if path[1] in "qkv" else cfg.attn_out_bias

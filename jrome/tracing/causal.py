@@ -79,7 +79,7 @@ def noise_std(lm: LM, subjects: Sequence[str] | None = None) -> float:
         from ..data import load_known
 
         subjects = [record["subject"] for record in load_known()]
-    table = np.asarray(lm.params["embed"]["tokens"], np.float32)
+    table = np.asarray(lm.params["embed"]["tokens"], np.float32) * np.float32(lm.config.embed_scale)  # as embedded
     ids = np.concatenate([lm.tokenizer(s)["input_ids"] for s in subjects])
     return float(np.std(table[ids].astype(np.float64), ddof=1))
 
@@ -185,7 +185,8 @@ def corrupt_and_clean(
     clean_h0 = embed(cfg, lm.params, ids[None], positions)[0]
     add = np.zeros((samples, len(ids), d), np.float32)
     if replace:  # the noise replaces the token embeddings; learned position embeddings are still added to it
-        add[:, start:end] = values - np.asarray(lm.params["embed"]["tokens"], np.float32)[ids[start:end]]
+        embedded = np.asarray(lm.params["embed"]["tokens"], np.float32)[ids[start:end]] * lm.config.embed_scale
+        add[:, start:end] = values - embedded
     else:
         add[:, start:end] = values
     add = jnp.asarray(add, clean_h0.dtype)
