@@ -243,3 +243,32 @@ def test_path_that_is_a_file_but_not_a_model(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="neither a .gguf file nor a model directory"):
         jrome.load(Path(tmp_path / "weights.bin"))
+
+
+def test_parameters_in_memory_load_flat_nested_or_flax_style_like_the_checkpoint(tiny_dir):
+    model = build_torch_model("qwen3")  # q/k norms and GQA: every kind of leaf of the Llama layout
+    flat = {k: v.numpy() for k, v in model.state_dict().items()}
+    want = jrome.load(tiny_dir("qwen3")).params
+    nested: dict = {}
+    flax: dict = {}
+    for name, value in flat.items():
+        *path, leaf = name.split(".")
+        for tree in (nested, flax):
+            node = tree
+            for key in path:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        if name.endswith("_proj.weight"):  # Flax Dense: kernel (in, out)
+            del node["weight"]
+            node["kernel"] = value.T
+        if name.endswith("embed_tokens.weight"):
+            del node["weight"]
+            node["embedding"] = value
+    for tree, config in ((flat, model.config.to_dict()), (nested, tiny_dir("qwen3") / "config.json"), (flax, model.config)):  # fmt: skip
+        lm = jrome.load(tree, config=config)
+        chex.assert_trees_all_equal(lm.params, want)
+        assert lm.config == jrome.load(tiny_dir("qwen3")).config
+    with pytest.raises(ValueError, match="a parameter dict needs config="):
+        jrome.load(flat)
+    with pytest.raises(ValueError, match="the checkpoint has no tensor 'model.norm.weight'"):
+        jrome.load({k: v for k, v in flat.items() if k != "model.norm.weight"}, config=model.config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,19 @@ def embedded_path(name: str = "smollm2") -> Path:
     )
 
 
-def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = None, mesh: Any = None) -> LM:
+def load(
+    spec: str | os.PathLike | Mapping,
+    dtype: str = "float32",
+    *,
+    tokenizer: Any = None,
+    mesh: Any = None,
+    config: Mapping | str | os.PathLike | Any = None,
+) -> LM:
     """Load a model: "smollm2" (embedded), a local Hugging Face directory, a folder written by `jrome.save`,
-    a hub id, or a .gguf path.
+    a hub id, a .gguf path, or parameters already in memory: a dict of arrays under transformers' names
+    (flat, "model.layers.0.mlp.down_proj.weight", or nested by the dots; Flax-style leaves "kernel" (in, out) and
+    "embedding" are read as the "weight" they are), with `config` = its Hugging Face config (a dict, a
+    config.json path, or a transformers config object).
 
     dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
     tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
@@ -58,6 +69,11 @@ def load(spec: str | os.PathLike, dtype: str = "float32", *, tokenizer: Any = No
     in place (a stacked parameter is filled layer by layer), so the host never holds the model, only one tensor.
     """
     target = _dtype(dtype)
+    if isinstance(spec, Mapping):
+        lm = _load_mapping(spec, config, target, mesh)
+        return lm if tokenizer is None else lm.replace(tokenizer=_tokenizer_from(tokenizer))
+    if config is not None:
+        raise ValueError("config= goes with a parameter dict; a checkpoint brings its own config.json")
     spec = str(spec)
     if spec in EMBEDDED:
         lm = _load_gguf(embedded_path(spec), target, name=spec, mesh=mesh)
@@ -116,6 +132,40 @@ def _load_gguf(path: Path, dtype: Any, name: str, mesh: Any = None) -> LM:
     names, get = hf_tensors(f, cfg)
     params = params_from_checkpoint(cfg, names, get, Placer(cfg, dtype, mesh))
     return LM(config=cfg, params=params, tokenizer=tokenizer_from_gguf(f), name=name)
+
+
+def _load_mapping(tree: Mapping, config: Any, dtype: Any, mesh: Any) -> LM:
+    """An LM from parameters in memory under transformers' names (see `load`)."""
+    if config is None:
+        raise ValueError(
+            "a parameter dict needs config=: its Hugging Face config (a dict, a config.json path, or a transformers "
+            "config object)"
+        )
+    if isinstance(config, str | os.PathLike):
+        config = json.loads(Path(config).read_text())
+    elif not isinstance(config, Mapping):
+        config = config.to_dict()
+    cfg = config_from_hf(dict(config))
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            elif key == "kernel":  # Flax's (in, out): the transpose of torch's weight
+                flat[prefix + "weight"] = ("kernel", value)
+            else:
+                flat[prefix + ("weight" if key == "embedding" else str(key))] = ("", value)
+
+    walk(tree, "")
+
+    def get(name: str) -> np.ndarray:
+        kind, value = flat[name]
+        array = np.asarray(value)
+        return np.ascontiguousarray(array.T) if kind == "kernel" else array
+
+    params = params_from_checkpoint(cfg, set(flat), get, Placer(cfg, dtype, mesh))
+    return LM(config=cfg, params=params, tokenizer=None, name=cfg.model_type or cfg.family)
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
