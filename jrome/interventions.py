@@ -7,6 +7,7 @@ An `Interventions` value is a pytree of arrays, so `jax.vmap` over a batch of th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,11 @@ class Interventions:
     mlp: Patch | None = None
     mlp_add: Patch | None = None
     capture: tuple[str, ...] = struct.field(pytree_node=False, default=())
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        from .views import interventions_repr
+
+        return interventions_repr(self, path, subtree_renderer)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.capture if name not in CAPTURES]

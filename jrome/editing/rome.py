@@ -62,6 +62,11 @@ class Edit:
     old_kernel: jax.Array  # [F, D] the layer's kernel before this edit, bit for bit
     seconds: float
 
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        from ..views import edit_repr
+
+        return edit_repr(self, path, subtree_renderer)
+
 
 def resolve_stats(
     lm: LM, hp: RomeHparams, layer: int, stats: Any, progress: bool = True

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl, setting_diffs
 from ..models.lm import LM
+from ..views import Summary
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
 from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
@@ -227,10 +228,10 @@ def run_eval(
     if reused:
         notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
     kind = cases[0].dataset if cases else "counterfact"
-    summary = summarise(records, kind) | {
+    summary = Summary(summarise(records, kind) | {
         "method": method, "dataset": str(dataset), "model": lm.name,
         "hparams": None if ctx is None else json.loads(json.dumps(ctx.hparams.to_dict())), "notes": notes,
-    }  # fmt: skip
+    })  # fmt: skip
     if folder is not None:
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(folder / "summary.md", markdown_table(summary, f"{method} on {dataset} ({lm.name})"))

@@ -57,6 +57,11 @@ class TraceResult:
         """IE of each restoration: p(answer) restored minus p(answer) corrupted."""
         return self.scores - self.low_score
 
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        from ..views import trace_repr
+
+        return trace_repr(self, path, subtree_renderer)
+
     @property
     def total_effect(self) -> float:
         """TE: p(answer) clean minus p(answer) corrupted."""
