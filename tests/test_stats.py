@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import numpy as np
 import pytest
-from conftest import data_file
+from conftest import WORDS, data_file
 
 import jrome
 import jrome.editing.stats as stats_module
@@ -123,3 +125,21 @@ def test_bad_arguments(tiny_lm, corpus, tmp_path):
         key_statistics(lm, 1, corpus, n_tokens=0, progress=False)
     with pytest.raises(FileNotFoundError, match="no statistics file"):
         read_layer_stats(tmp_path / "missing.npz")
+
+
+def test_an_early_stop_keeps_a_prefix_of_the_pass_once_the_probe_keys_settle(tiny_lm, tmp_path):
+    lm = tiny_lm("llama")  # d_mlp 64: the first checkpoint is at 128 tokens
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(np.random.default_rng(0).choice(WORDS, 6000)))
+    run = partial(key_statistics, lm, [0, 1], corpus, 4000, window=16, batch_size=4, cache=False, progress=False)
+    full, early, never = run(), run(tolerance=0.15), run(tolerance=1e-9)
+    assert full[0].count == 4000 and never[0].count == 4000
+    assert 128 <= early[0].count < 4000 and early[0].count == early[1].count
+    prefix = run.func(lm, [0, 1], corpus, early[0].count, window=16, batch_size=4, cache=False, progress=False)
+    for layer in (0, 1):  # exactly the statistics of the tokens it read, which did settle
+        np.testing.assert_array_equal(early[layer].mom2, prefix[layer].mom2)
+        assert (
+            np.abs(early[layer].covariance - full[layer].covariance).max() < 0.2 * np.abs(full[layer].covariance).max()
+        )
+    with pytest.raises(ValueError, match="tolerance must be a positive relative change"):
+        run(tolerance=0.0)

@@ -56,6 +56,7 @@ class RomeHparams:
     mom2_n_samples: int | None = None  # ... or, when set, over this many corpus records (the original's mode)
     mom2_regularize: float = 0.0  # add this times mean(diag C) to C's diagonal
     mom2_published: str | None = None  # the model's folder among the original's published statistics (e.g. gpt2-xl)
+    mom2_tolerance: float | None = None  # stop the statistics pass early once C⁻¹k of probe keys settles to this
     context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))  # (tokens, how many)
     context_templates: tuple[str, ...] | None = None  # explicit templates ("... {}") instead of generated ones
     rrome: bool = False  # r-ROME: the template-averaged key also in the closed form's denominator and W k
@@ -100,6 +101,7 @@ class MemitHparams:
     mom2_n_samples: int | None = None
     mom2_update_weight: float = 15_000.0  # weight of the corpus statistics against the new keys
     mom2_published: str | None = None  # the model's folder among the original's published statistics (e.g. gpt2-xl)
+    mom2_tolerance: float | None = None  # stop the statistics pass early once C⁻¹k of probe keys settles to this
     context_templates: tuple[str, ...] | None = None  # explicit templates: "{}" is one group, the rest another
 
     def __post_init__(self) -> None:
@@ -140,6 +142,10 @@ def _check_templates(templates: tuple[str, ...] | None) -> None:
 def _check_stats_size(hp: Any) -> None:
     if hp.mom2_published is not None and not re.fullmatch(r"[\w.-]+", str(hp.mom2_published)):
         raise ValueError(f"mom2_published={hp.mom2_published!r}: expected a model folder name like 'gpt2-xl', or null")
+    if hp.mom2_tolerance is not None and not (isinstance(hp.mom2_tolerance, int | float) and hp.mom2_tolerance > 0):
+        raise ValueError(
+            f"mom2_tolerance={hp.mom2_tolerance!r}: expected a positive relative change like 0.01, or null"
+        )
     if hp.mom2_n_tokens < 1 or (hp.mom2_n_samples is not None and hp.mom2_n_samples < 1):
         raise ValueError(
             f"mom2_n_tokens ({hp.mom2_n_tokens}) and mom2_n_samples ({hp.mom2_n_samples}) must be positive counts"

@@ -191,16 +191,49 @@ def _moments(cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, la
     """[len(layers), F, F]: Σ k kᵀ over the batch's real tokens (mask 1), at each requested layer (float32).
 
     Rows are right-padded, so positions count from 0 and padding, which comes last, changes no real token."""
+    keys = _keys(cfg, params, ids, mask, layers)
+    return jnp.einsum("lnf,lng->lfg", keys, keys, precision="highest")
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def _keys(cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, layers: tuple[int, ...]) -> jax.Array:
+    """[len(layers), B·T, F]: the MLP keys of a batch at each layer (as _moments reads them), zero at padding."""
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    h = embed(cfg, params, ids, positions)
     causal = jnp.tril(jnp.ones((ids.shape[1],) * 2, bool))[None]
     rows = Rows(jnp.arange(ids.shape[1]), rope_tables(cfg, positions), causal)
+    h = embed(cfg, params, ids, positions)
     _, acts = run_layers(
         cfg, params["blocks"], h, rows=rows, iv=Interventions(capture=("mlp_key",)), stop=max(layers) + 1
     )
     keys = acts["mlp_key"][jnp.asarray(layers)].astype(jnp.float32) * mask[None, ..., None].astype(jnp.float32)
-    keys = keys.reshape(len(layers), -1, keys.shape[-1])
-    return jnp.einsum("lnf,lng->lfg", keys, keys, precision="highest")
+    return keys.reshape(len(layers), -1, keys.shape[-1])
+
+
+class _Convergence:
+    """The early stop of key_statistics: C⁻¹P for probe keys P at checkpoints, and whether it has settled."""
+
+    def __init__(self, tolerance: float, d_mlp: int) -> None:
+        self.tolerance, self.next_check = tolerance, 2 * d_mlp
+        self.probe: np.ndarray | None = None
+        self.previous: list[np.ndarray] | None = None
+
+    def __call__(self, lm: LM, ids: np.ndarray, mask: np.ndarray, layers: tuple, total: np.ndarray, count: int) -> bool:
+        if self.probe is None:  # 16 real tokens of the first batch, spread over it
+            keys = np.asarray(_keys(lm.config, lm.params, ids, mask, layers), np.float64)
+            real = np.flatnonzero(np.asarray(mask).reshape(-1))
+            self.probe = keys[:, real[np.linspace(0, len(real) - 1, 16).astype(int)]]  # [L, 16, F]
+        if count < self.next_check:
+            return False
+        self.next_check = int(count * 1.25)
+        try:
+            now = [np.linalg.solve(total[i] / count, self.probe[i].T) for i in range(len(layers))]
+        except np.linalg.LinAlgError:  # still singular: fewer independent keys than dimensions
+            return False
+        before, self.previous = self.previous, now
+        if before is None:
+            return False
+        change = max(np.linalg.norm(a - b) / np.linalg.norm(a) for a, b in zip(now, before, strict=True))
+        return bool(change < self.tolerance)
 
 
 def _fingerprint(lm: LM, layer: int) -> str:
@@ -236,14 +269,17 @@ def key_statistics(
     n_samples: int | None = None,
     window: int = 128,
     batch_size: int = 16,
+    tolerance: float | None = None,
     cache: bool = True,
     progress: bool = True,
 ) -> dict[int, KeyStats]:
     """Second moments of the MLP keys at each layer over n_tokens of the corpus (fewer if it is shorter), or,
     with n_samples, over that many records of it (the original's mode; all records if there are fewer).
 
-    All layers come from one pass over the corpus. With `cache`, results are read from and written to
-    cache_dir()/stats, keyed by the relevant weights, layer, corpus and size.
+    All layers come from one pass over the corpus. With `tolerance`, the pass stops early once C⁻¹P of a probe
+    set P of keys (16 tokens of the first batch) changes by less than that (relative, Frobenius, every layer)
+    between checkpoints (from 2·d_mlp tokens on, then every 25% more). With `cache`, results are read from and
+    written to cache_dir()/stats, keyed by the relevant weights, layer, corpus, size and tolerance.
     """
     layers = sorted({layers} if isinstance(layers, int) else set(layers))
     bad = [layer for layer in layers if not 0 <= layer < lm.config.n_layers]
@@ -251,12 +287,14 @@ def key_statistics(
         raise ValueError(f"layers {bad or layers} out of range: this model has layers 0..{lm.config.n_layers - 1}")
     if n_tokens < 1 or (n_samples is not None and n_samples < 1):
         raise ValueError(f"n_tokens ({n_tokens}) and n_samples ({n_samples}) must be positive counts")
+    if tolerance is not None and not tolerance > 0:
+        raise ValueError(f"tolerance must be a positive relative change (e.g. 0.01) or None, got {tolerance}")
     if lm.tokenizer is None:
         raise ValueError("key statistics need a tokenizer to read the corpus")
     files = corpus_files(corpus)
     window = min(window, lm.config.max_positions)
     size = f"s{n_samples}-{lm.config.max_positions}" if n_samples is not None else f"{n_tokens}-{window}"
-    tag = f"{_corpus_id(files)}-{size}-v{FORMAT}"
+    tag = f"{_corpus_id(files)}-{size}{'' if tolerance is None else f'-tol{tolerance:g}'}-v{FORMAT}"
     paths = {layer: cache_dir() / "stats" / f"{_fingerprint(lm, layer)}-L{layer}-{tag}.npz" for layer in layers}
     out: dict[int, KeyStats] = {}
     if cache:
@@ -279,9 +317,12 @@ def key_statistics(
     count = 0
     where = f"key statistics, layer{'s' if len(todo) > 1 else ''} {', '.join(map(str, todo))}"
     cached = " (cached for next time)" if cache else ""
+    converged = _Convergence(tolerance, lm.config.d_mlp) if tolerance is not None else None
     for ids, mask in tqdm(batches, desc=where + cached, disable=not progress):
         total += np.asarray(_moments(lm.config, lm.params, ids, mask, todo), np.float64)
         count += int(mask.sum())
+        if converged is not None and converged(lm, ids, mask, todo, total, count):
+            break
     corpus_name = corpus if isinstance(corpus, str) else ",".join(str(f) for f in files)
     for i, layer in enumerate(todo):
         stats = KeyStats(layer, total[i], count, corpus_name)
@@ -360,8 +401,9 @@ def statistics_for(
     todo = [layer for layer in layers if layer not in out]
     if todo:
         out |= key_statistics(
-            lm, todo, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, progress=progress
-        )
+            lm, todo, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, tolerance=hp.mom2_tolerance,
+            progress=progress,
+        )  # fmt: skip
     return out
 
 
