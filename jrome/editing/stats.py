@@ -33,6 +33,7 @@ from ..interventions import Interventions
 from ..models.config import ModelConfig
 from ..models.forward import Rows, embed, rope_tables, run_layers
 from ..models.lm import LM
+from ..sharding import mesh_of, split_samples
 from ..tokens import padded_width
 
 FORMAT = 2  # bumped when the way a corpus is read changes, so older cached statistics are not reused
@@ -276,7 +277,8 @@ def key_statistics(
     """Second moments of the MLP keys at each layer over n_tokens of the corpus (fewer if it is shorter), or,
     with n_samples, over that many records of it (the original's mode; all records if there are fewer).
 
-    All layers come from one pass over the corpus. With `tolerance`, the pass stops early once C⁻¹P of a probe
+    All layers come from one pass over the corpus; on a mesh each batch's rows are split over its data axis. With
+    `tolerance`, the pass stops early once C⁻¹P of a probe
     set P of keys (16 tokens of the first batch) changes by less than that (relative, Frobenius, every layer)
     between checkpoints (from 2·d_mlp tokens on, then every 25% more). With `cache`, results are read from and
     written to cache_dir()/stats, keyed by the relevant weights, layer, corpus, size and tolerance.
@@ -318,7 +320,10 @@ def key_statistics(
     where = f"key statistics, layer{'s' if len(todo) > 1 else ''} {', '.join(map(str, todo))}"
     cached = " (cached for next time)" if cache else ""
     converged = _Convergence(tolerance, lm.config.d_mlp) if tolerance is not None else None
+    mesh = mesh_of(lm)
     for ids, mask in tqdm(batches, desc=where + cached, disable=not progress):
+        if mesh is not None:  # rows over the data axis; XLA sums the per-device moments (one all-reduce)
+            ids, mask = split_samples(mesh, jnp.asarray(ids), 0), split_samples(mesh, jnp.asarray(mask), 0)
         total += np.asarray(_moments(lm.config, lm.params, ids, mask, todo), np.float64)
         count += int(mask.sum())
         if converged is not None and converged(lm, ids, mask, todo, total, count):
