@@ -17,8 +17,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "colab").glob("*.ipynb
 SMALLEST = {"JROME_MODEL": "smollm2", "JROME_NOTEBOOK_SAMPLES": "2", "JROME_NOTEBOOK_FACTS": "4", "JROME_NOTEBOOK_CASES": "1"}  # fmt: skip
 
 
-def test_there_are_three_notebooks_with_a_colab_badge_and_no_outputs():
-    assert [p.name for p in NOTEBOOKS] == ["causal_trace.ipynb", "evaluate.ipynb", "rome.ipynb"]
+def test_there_are_four_notebooks_with_a_colab_badge_and_no_outputs():
+    assert [p.name for p in NOTEBOOKS] == ["causal_trace.ipynb", "evaluate.ipynb", "paper_gpt2xl.ipynb", "rome.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         assert "colab.research.google.com/assets/colab-badge.svg" in nb.cells[0].source
@@ -75,3 +75,13 @@ def test_evaluate_notebook(monkeypatch, tmp_path):
     assert "### rome on CounterFact (smollm2)" in printed[1] and "### ft-l on CounterFact (smollm2)" in printed[1]
     rows = {line.split()[0]: line for line in printed[2].splitlines()}
     assert set(rows) == {"rome", "ft-l"} and "ES 1.00" in rows["rome"]
+
+
+@pytest.mark.slow
+def test_paper_notebook(monkeypatch, tmp_path):
+    printed, figures = run_notebook("paper_gpt2xl", monkeypatch, tmp_path)
+    assert figures == 3 and "answer ' Paris'" in printed[1]  # the three Fig. 1 heat maps
+    assert "key statistics at layer 4: 20" in printed[2] and "wikitext-2" in printed[2]  # no published file: computed
+    before, after = (line for line in printed[2].splitlines() if line.startswith(("before", "after")))
+    assert "Paris" in before and "Rome" in after
+    assert "### ROME on CounterFact (smollm2, 1 cases)" in printed[3] and "| ES |" in printed[3]
