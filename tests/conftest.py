@@ -202,6 +202,12 @@ def private_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def separate_compiled_programs(env: dict[str, str]) -> dict[str, str]:
+    """env for a subprocess that simulates several CPU devices: its compiled programs go to their own persistent
+    cache, never read by single-device processes (an executable compiled beside 8 devices is not one for 1)."""
+    return env | {"JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"] + "-multidevice"}
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> jrome.LM:
     return jrome.load("smollm2")

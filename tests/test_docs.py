@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import separate_compiled_programs
 
 from jrome.cli import main
 
@@ -68,6 +69,8 @@ def test_documented_command_runs_as_written(doc, env, argv, tmp_path, monkeypatc
     argv = argv + SMALL.get(argv[0], [])
     if env:  # settings JAX reads when it starts: a process of its own
         run_env = os.environ | env | {"JAX_PLATFORMS": "cpu"}
+        if "XLA_FLAGS" in env:
+            run_env = separate_compiled_programs(run_env)
         done = subprocess.run(
             [sys.executable, "-m", "jrome.cli", *argv], capture_output=True, text=True, env=run_env, timeout=900
         )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import separate_compiled_programs
 
 from jrome.models.config import config_from_hf
 from jrome.sharding import check_divides, make_mesh, parse_mesh
@@ -18,7 +19,7 @@ WORKER = Path(__file__).with_name("sharded_worker.py")
 
 @pytest.mark.parametrize(("name", "data", "model"), [("llama", 4, 2), ("gpt_neox", 2, 4)])
 def test_sharded_results_equal_one_device(tiny_dir, tmp_path, name, data, model):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = separate_compiled_programs({k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")})
     run = subprocess.run(
         [sys.executable, str(WORKER), str(tiny_dir(name)), str(data), str(model), str(tmp_path / "corpus.txt")],
         capture_output=True, text=True, env=env, cwd=WORKER.parent, timeout=900,
@@ -57,7 +58,9 @@ def test_a_mesh_that_does_not_divide_the_model_names_the_dimension(tiny_dir):
 @pytest.mark.slow
 def test_cli_mesh_that_does_not_divide_the_real_model():
     """(tests/test_docs.py runs the README's mesh command, which does divide it.)"""
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = separate_compiled_programs(
+        os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    )
     base = [sys.executable, "-m", "jrome.cli", "predict", "--prompt", "The Eiffel Tower is located in the city of"]
     bad = subprocess.run([*base, "--mesh", "model=2"], capture_output=True, text=True, env=env, timeout=900)
     assert bad.returncode == 2 and "model axis of 2 does not divide n_heads=9" in bad.stderr
