@@ -92,7 +92,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import data_path
-    from .editing import edit, hparams_for, key_statistics
+    from .editing import edit, hparams_for
+    from .editing.stats import statistics_for
     from .generation import generate
     from .models.loading import load, param_count
     from .plots import plot_trace
@@ -145,8 +146,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     hp = hparams_for(lm.name, cfg.family).override(mom2_n_tokens=args.stats_tokens)
     try:
-        stats = key_statistics(lm, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens)[hp.layer]
-        step(f"key statistics at layer {hp.layer}: {stats.count} wikitext-2 tokens (cached for next time)")
+        stats = statistics_for(lm, hp, hp.layer)[hp.layer]  # the published file where there is one, else computed
+        step(f"key statistics at layer {hp.layer}: {stats.count} tokens of {stats.corpus} (cached for next time)")
     except FileNotFoundError:
         stats, hp = None, hp.override(mom2_adjustment=False)
         step(
