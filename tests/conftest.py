@@ -189,17 +189,33 @@ def tiny_dir(tmp_path_factory):
 def private_cache(tmp_path_factory):
     """Key statistics and other caches go to a fresh folder, so tests never read a cache they did not write.
 
-    The subprocesses the tests start (CLI runs) keep their compiled XLA programs between sessions (JAX's persistent
-    cache in $JAX_COMPILATION_CACHE_DIR or ~/.cache/jrome/xla-tests). This long-lived process does not: twice, late in
-    a full run (~290 programs in), JAX 0.10.2 crashed with a segfault while serialising or deserialising an executable
-    for that cache, so here programs are compiled in memory only (in-process CLI calls cannot switch it back on).
+    Compiled XLA programs are kept between sessions (JAX's persistent cache, keyed by the program and the JAX
+    version, in $JAX_COMPILATION_CACHE_DIR or ~/.cache/jrome/xla-tests) and shared with the subprocesses the tests
+    start, so a program is compiled once on a machine, not once per test run.
     """
     import jax
 
     os.environ["JROME_CACHE_DIR"] = str(tmp_path_factory.mktemp("jrome-cache"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/jrome/xla-tests"))
+    compiled = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/jrome/xla-tests"))
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the many small programs add up too
-    jax.config.update("jax_enable_compilation_cache", False)
+    jax.config.update("jax_compilation_cache_dir", compiled)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """After each test file, drop JAX's in-memory compiled programs (the persistent cache keeps them on disk).
+
+    Each CPU executable holds a few memory mappings of its machine code; a full run kept ~20,000 programs alive and
+    reached Linux's 65,530 mappings per process (vm.max_map_count), where the next mapping failed and XLA segfaulted.
+    """
+    import gc
+
+    import jax
+
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def separate_compiled_programs(env: dict[str, str]) -> dict[str, str]:
