@@ -67,6 +67,10 @@ def test_rome_notebook(monkeypatch, tmp_path):
     assert "Paris" in first_check[0] and "Rome" in first_check[1]  # before: Paris; after: Rome
     assert "undo restores the original parameters bit for bit: True" in text
     assert "reloaded edit still says: [' Rome" in text
+    assert re.search(r"penzai model traced by jrome: the MLP at layer \d+ matters most", text)
+    assert "penzai model says: ' Paris'" in text and "edited penzai model says: ' Rome'" in text
+    layer = re.search(r"block_(\d+)/mlp/out_linear", text)
+    assert layer and f"changed in penzai: ['transformer/block_{layer.group(1)}/mlp/out_linear.weights']" in text
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Bridges between jrome and other JAX interpretability code (penzai)."""

@@ -1,0 +1,400 @@
+"""jrome models as penzai transformers and back, so a penzai user's model can be traced and edited by jrome and
+jrome's edits land in the penzai model.
+
+penzai (the JAX interpretability toolkit) builds Llama-like (Llama, Mistral, SmolLM2) and GPT-NeoX transformers as
+pytrees of layers whose parameters are named arrays labelled by where they sit ("transformer/block_3/mlp/
+out_linear.weights"). The conversion is a table from those labels and axis names to jrome's parameter tree (see
+docs/architecture.md); values are moved, never recomputed, so a round trip gives the same arrays bit for bit.
+Needs the optional `penzai` package (`pip install "jrome[penzai]"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models.config import ModelConfig
+from ..models.lm import LM
+
+HEADS, KV_HEADS = "<heads>", "<kv heads>"  # stand for the model's head axes (penzai names them per head layout)
+
+# penzai label (after "block_<i>/") -> (jrome path under "blocks", penzai axes of the per-layer array, in the
+# order of jrome's axes: a kernel's (in, out) with its head axes in the place of the flat H·hd dimension)
+LLAMA_BLOCK = {
+    "pre_attention_norm/scale.weights": ("norm_attn.scale", ("embedding",)),
+    "pre_ffw_norm/scale.weights": ("norm_mlp.scale", ("embedding",)),
+    "attention/query.weights": ("attn.q.kernel", ("embedding", HEADS, "projection")),
+    "attention/key.weights": ("attn.k.kernel", ("embedding", KV_HEADS, "projection")),
+    "attention/value.weights": ("attn.v.kernel", ("embedding", KV_HEADS, "projection")),
+    "attention/output.weights": ("attn.o.kernel", (HEADS, "projection", "embedding")),
+    "mlp/gating_linear.weights": ("mlp.gate.kernel", ("embedding", "neurons")),
+    "mlp/value_linear.weights": ("mlp.up.kernel", ("embedding", "neurons")),
+    "mlp/out_linear.weights": ("mlp.down.kernel", ("neurons", "embedding")),
+}
+NEOX_BLOCK = {
+    "pre_attention_norm/scale.weights": ("norm_attn.scale", ("embedding",)),
+    "pre_attention_norm/shift.bias": ("norm_attn.bias", ("embedding",)),
+    "pre_ffw_norm/scale.weights": ("norm_mlp.scale", ("embedding",)),
+    "pre_ffw_norm/shift.bias": ("norm_mlp.bias", ("embedding",)),
+    **{
+        f"attention/{name}/Linear.weights": (f"attn.{x}.kernel", ("embedding", HEADS, "projection"))
+        for name, x in (("query", "q"), ("key", "k"), ("value", "v"))
+    },
+    **{
+        f"attention/{name}/AddBias.bias": (f"attn.{x}.bias", (HEADS, "projection"))
+        for name, x in (("query", "q"), ("key", "k"), ("value", "v"))
+    },
+    "attention/output/Linear.weights": ("attn.o.kernel", (HEADS, "projection", "embedding")),
+    "attention/output/AddBias.bias": ("attn.o.bias", ("embedding",)),
+    "mlp/in/Linear.weights": ("mlp.up.kernel", ("embedding", "neurons")),
+    "mlp/in/AddBias.bias": ("mlp.up.bias", ("neurons",)),
+    "mlp/out/Linear.weights": ("mlp.down.kernel", ("neurons", "embedding")),
+    "mlp/out/AddBias.bias": ("mlp.down.bias", ("embedding",)),
+}
+TOP = {
+    "embedder.embeddings": ("embed.tokens", ("vocabulary", "embedding")),
+    "final_norm/scale.weights": ("norm_final.scale", ("embedding",)),
+    "final_norm/shift.bias": ("norm_final.bias", ("embedding",)),
+    "lm_head.weights": ("head.kernel", ("embedding", "vocabulary")),
+}
+PENZAI_ACTIVATIONS = {"gelu": "gelu_exact", "gelu_tanh": "gelu_approx", "relu": "relu", "silu": "silu"}
+NAME = "transformer"  # the prefix of every parameter label in the models to_penzai builds
+
+
+def _pz():
+    try:
+        from penzai import pz
+    except ImportError as e:
+        raise ImportError('penzai is not installed; install it with pip install "jrome[penzai]"') from e
+    return pz
+
+
+def _layout(cfg: ModelConfig) -> str:
+    """Which penzai variant holds this architecture ("llama" or "gpt_neox"); a clear error for what none holds."""
+    if cfg.family == "llama":
+        unsupported = {
+            "q/k/v, output or MLP biases": cfg.qkv_bias or cfg.attn_out_bias or cfg.mlp_bias or cfg.head_bias,
+            "q/k norms (Qwen3)": cfg.qk_norm,
+            "norms of scale + 1 or scaled embeddings (Gemma)": cfg.norm_offset != 0 or cfg.embed_scale != 1.0,
+            "partial rotary": cfg.rotary_dim != cfg.head_dim,
+            f"the {cfg.activation} gated MLP": cfg.activation not in ("silu", "gelu_tanh"),
+        }
+        layout = "llama"
+    elif cfg.family == "gpt_neox":
+        unsupported = {
+            "sequential residuals (use_parallel_residual=False)": not cfg.parallel_residual,
+            "a tied LM head": cfg.tied_head,
+            "an LM head bias": cfg.head_bias,
+        }
+        layout = "gpt_neox"
+    else:
+        unsupported, layout = {f"the {cfg.family} family": True}, ""
+    found = [what for what, present in unsupported.items() if present]
+    if found:
+        raise ValueError(
+            f"penzai has no variant for {', '.join(found)} ({cfg.model_type or cfg.family}); "
+            "to_penzai takes Llama-like models (Llama, Mistral, SmolLM2: no biases, full rotary) and GPT-NeoX "
+            "(parallel residual, untied head)"
+        )
+    return layout
+
+
+def _model_def(cfg: ModelConfig, dtype: Any):
+    """penzai's model for cfg with parameter slots (no values yet)."""
+    pz = _pz()
+    if _layout(cfg) == "gpt_neox":
+        from penzai.models.transformer.variants import gpt_neox
+
+        config = gpt_neox.GPTNeoXTransformerConfig(
+            num_attention_heads=cfg.n_heads,
+            embedding_dim=cfg.d_model,
+            projection_dim=cfg.head_dim,
+            mlp_hidden_dim=cfg.d_mlp,
+            num_decoder_blocks=cfg.n_layers,
+            vocab_size=cfg.vocab_size,
+            activation_fn=PENZAI_ACTIVATIONS[cfg.activation],
+            rope_subset_size=cfg.rotary_dim,
+            rope_wavelength=cfg.rope_theta,
+            layernorm_epsilon=cfg.norm_eps,
+            parameter_dtype=dtype,
+            activation_dtype=dtype,
+        )
+        model = gpt_neox.build_gpt_neox_transformer(config, init_base_rng=None, name=NAME)
+        return _exact_epsilon(model, pz.nn.Standardize, cfg.norm_eps)
+    from penzai.models.transformer.variants import llamalike_common as llamalike
+
+    window = cfg.sliding_window
+    config = llamalike.LlamalikeTransformerConfig(
+        num_kv_heads=cfg.n_kv_heads,
+        query_head_multiplier=cfg.n_heads // cfg.n_kv_heads,
+        embedding_dim=cfg.d_model,
+        projection_dim=cfg.head_dim,
+        mlp_hidden_dim=cfg.d_mlp,
+        num_decoder_blocks=cfg.n_layers,
+        vocab_size=cfg.vocab_size,
+        mlp_variant="swiglu" if cfg.activation == "silu" else "geglu_approx",
+        tie_embedder_and_logits=cfg.tied_head,
+        rope_wavelength=cfg.rope_theta,
+        rms_norm_eps=cfg.norm_eps,
+        attention_type=llamalike.AttentionTypeSlidingWindowCausal(window)
+        if window
+        else llamalike.AttentionTypeGlobalCausal(),
+        parameter_dtype=dtype,
+        activation_dtype=dtype,
+    )
+    model = llamalike.build_llamalike_transformer(config, init_base_rng=None, name=NAME)
+    model = _exact_epsilon(model, pz.nn.RMSStandardize, cfg.norm_eps)
+    if cfg.tied_head:  # penzai ties the head only with Gemma's √d embedding scale; jrome's tied models have none
+        kept = [layer for layer in model.body.sublayers if not isinstance(layer, pz.nn.ConstantRescale)]
+        model = dataclasses.replace(model, body=pz.nn.Sequential(kept))
+    return model
+
+
+def _exact_epsilon(model: Any, norm: type, eps: float) -> Any:
+    """Every norm of `model` with jrome's epsilon as a Python float (penzai's builders store a float32 array; the
+    value computed with is the same, and from_penzai reads it back exactly)."""
+    return _pz().select(model).at_instances_of(norm).apply(lambda n: dataclasses.replace(n, epsilon=eps))
+
+
+def _axes(names: tuple[str, ...], metadata: Any) -> list[tuple[str, int]]:
+    """(name, size) of each penzai axis, with the head placeholders expanded to the model's head axes."""
+    sizes = {
+        "embedding": metadata.embedding_dim,
+        "projection": metadata.projection_dim,
+        "neurons": metadata.mlp_hidden_dim,
+        "vocabulary": metadata.vocab_size,
+    }
+    heads = {HEADS: {**metadata.common_head_axes, **metadata.query_only_head_axes}, KV_HEADS: metadata.common_head_axes}
+    out: list[tuple[str, int]] = []
+    for name in names:
+        out.extend(heads[name].items() if name in heads else [(name, sizes[name])])
+    return out
+
+
+def _table(layout: str, n_layers: int) -> dict[str, tuple[str, int | None, tuple[str, ...]]]:
+    """penzai label (without the model's name) -> (jrome path, layer or None, penzai axes)."""
+    table = {label: (path, None, axes) for label, (path, axes) in TOP.items()}
+    block = LLAMA_BLOCK if layout == "llama" else NEOX_BLOCK
+    for i in range(n_layers):
+        table |= {f"block_{i}/{label}": (f"blocks.{path}", i, axes) for label, (path, axes) in block.items()}
+    return table
+
+
+def _get(tree: dict, path: str) -> Any:
+    return functools.reduce(lambda node, key: node[key], path.split("."), tree)
+
+
+def _named_values(lm: LM, labels: list[str], metadata: Any) -> dict[str, Any]:
+    """lm's parameters as penzai named arrays, for these parameter labels of a penzai model."""
+    pz = _pz()
+    table = _table(_layout(lm.config), lm.config.n_layers)
+    values = {}
+    for label in labels:
+        if _strip(label) not in table:
+            raise ValueError(f"the penzai model has a parameter jrome does not know: {label}")
+        path, layer, names = table[_strip(label)]
+        array = _get(lm.params, path)
+        array = array if layer is None else array[layer]
+        axes = _axes(names, metadata)
+        values[label] = pz.nx.wrap(array.reshape([size for _, size in axes])).tag(*[name for name, _ in axes])
+    return values
+
+
+def _strip(label: str) -> str:
+    """A label without the model's name ("transformer/block_0/..." -> "block_0/...")."""
+    match = re.search(r"(block_\d+/.*|embedder\.embeddings|final_norm/.*|lm_head\.weights)$", label)
+    return match.group(1) if match else label
+
+
+def to_penzai(lm: LM) -> Any:
+    """A penzai TransformerLM (its Llama-like or GPT-NeoX variant) with lm's parameters; its logits are lm's."""
+    pz = _pz()
+    model = _model_def(lm.config, lm.dtype)
+    slots = pz.select(model).at_instances_of(pz.ParameterSlot).get_sequence()
+    values = _named_values(lm, [slot.label for slot in slots], model.metadata)
+    model = pz.bind_variables(model, [pz.Parameter(value=v, label=k) for k, v in values.items()])
+    pz.nn.assert_no_parameter_slots(model)
+    return model
+
+
+def update_penzai(model: Any, lm: LM) -> Any:
+    """`model` (a penzai transformer, possibly changed by its user) with the parameter values of `lm` — e.g. after a
+    jrome edit — and everything else kept; `model` itself is not changed."""
+    pz = _pz()
+    unbound, params = pz.unbind_params(model)
+    values = _named_values(lm, [p.label for p in params], model.metadata)
+    for p in params:
+        if values[p.label].named_shape != p.value.named_shape:
+            raise ValueError(
+                f"{p.label}: the LM gives {dict(values[p.label].named_shape)}, the model has {dict(p.value.named_shape)}"
+            )
+    return pz.bind_variables(unbound, [pz.Parameter(value=values[p.label], label=p.label) for p in params])
+
+
+def _only(values: list, what: str) -> Any:
+    if len(set(values)) != 1:
+        raise ValueError(f"from_penzai needs one {what} for the whole model; found {sorted(set(map(str, values)))}")
+    return values[0]
+
+
+def _epsilon(norms: list) -> float:
+    """The norms' epsilon: as given where it is a Python number (to_penzai's models), else the shortest decimal of
+    penzai's float32 (its builders keep 1e-6 as 9.9999997e-07). penzai's GPT-NeoX final norm keeps its own default
+    (1e-6) whatever the config; jrome uses one epsilon, the one most norms have."""
+    values = [
+        n.epsilon
+        if isinstance(n.epsilon, float)
+        else float(np.format_float_positional(np.float32(n.epsilon), unique=True))
+        for n in norms
+    ]
+    return max(set(values), key=values.count)
+
+
+def _activation(fn: Any) -> str:
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    if base is jax.nn.gelu:
+        return "gelu_tanh" if fn.keywords.get("approximate", True) else "gelu"
+    for name in ("silu", "relu"):
+        if base is getattr(jax.nn, name):
+            return name
+    raise ValueError(f"from_penzai: the MLP activation {fn!r} is not one jrome runs (gelu, gelu_tanh, silu, relu)")
+
+
+def _config(model: Any, layout: str, n_layers: int, max_positions: int | None, model_type: str) -> ModelConfig:
+    """The ModelConfig of a penzai transformer, read from its metadata and layers."""
+    pz = _pz()
+    meta = model.metadata
+
+    def instances(cls):
+        return pz.select(model).at_instances_of(cls).get_sequence()
+
+    extras = {
+        "logit soft-capping": instances(pz.nn.TanhSoftCap),
+        "a layer stack": instances(pz.nn.LayerStack),
+    }
+    found = [what for what, present in extras.items() if present]
+    if found:
+        raise ValueError(f"from_penzai does not take a model with {', '.join(found)}")
+    n_heads = math.prod([*meta.common_head_axes.values(), *meta.query_only_head_axes.values()])
+    activation = _only([_activation(e.fn) for e in instances(pz.nn.Elementwise)], "MLP activation")
+    windows = [m.sliding_window_size for m in instances(pz.nn.ApplyCausalSlidingWindowAttentionMask)]
+    window = _only(windows, "sliding window") if windows else 0
+    top = model.body.sublayers
+    scale = [float(layer.by) for layer in top if isinstance(layer, pz.nn.ConstantRescale)]
+    common = dict(
+        vocab_size=meta.vocab_size,
+        d_model=meta.embedding_dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        head_dim=meta.projection_dim,
+        d_mlp=meta.mlp_hidden_dim,
+        max_positions=window or max_positions or 4096,
+        positions="rotary",
+        rotary_style="half",
+        activation=activation,
+        tied_head=any(isinstance(layer, pz.nn.EmbeddingDecode) for layer in top),
+        head_bias=False,
+        model_type=model_type,
+    )
+    if layout == "llama":
+        rope = instances(pz.nn.ApplyRoPE)
+        return ModelConfig(
+            family="llama",
+            n_kv_heads=math.prod(meta.common_head_axes.values()),
+            norm="rmsnorm",
+            norm_eps=_epsilon(instances(pz.nn.RMSStandardize)),
+            rotary_dim=meta.projection_dim,
+            rope_theta=float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength")),
+            mlp="swiglu",
+            qkv_bias=False,
+            attn_out_bias=False,
+            mlp_bias=False,
+            embed_scale=scale[0] if scale else 1.0,
+            sliding_window=window,
+            **common,
+        )
+    rope = instances(pz.nn.ApplyRoPEToSubset)
+    return ModelConfig(
+        family="gpt_neox",
+        n_kv_heads=n_heads,
+        norm="layernorm",
+        norm_eps=_epsilon(instances(pz.nn.Standardize)),
+        rotary_dim=_only([r.rope_subset_size for r in rope], "rotary size"),
+        rope_theta=float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength")),
+        parallel_residual=True,
+        mlp="gelu",
+        **common,
+    )
+
+
+def from_penzai(
+    model: Any, tokenizer: Any = None, *, max_positions: int | None = None, model_type: str = "", name: str = ""
+) -> LM:
+    """An LM with the parameters of a penzai transformer (Llama-like or GPT-NeoX, blocks unstacked), for tracing
+    and editing with jrome; `update_penzai` puts an edited LM back. penzai models do not record a context length:
+    max_positions bounds the inputs jrome accepts (default: the sliding window, else 4096)."""
+    pz = _pz()
+    _, params = pz.unbind_params(model)
+    labels = {_strip(p.label): p for p in params}
+    if any(label.startswith("block_0/mlp/gating_linear") for label in labels):
+        layout = "llama"
+    elif any(label.startswith("block_0/mlp/in/") for label in labels):
+        layout = "gpt_neox"
+    else:
+        raise ValueError(
+            "from_penzai takes penzai's Llama-like and GPT-NeoX transformers with unstacked blocks "
+            f"(parameters such as block_0/mlp/out_linear.weights); this model has {', '.join(sorted(labels)[:4])} ..."
+        )
+    n_layers = len({int(m.group(1)) for label in labels if (m := re.match(r"block_(\d+)/", label))})
+    cfg = _config(model, layout, n_layers, max_positions, model_type)
+    table = _table(layout, n_layers)
+    unknown = sorted(set(labels) - set(table))
+    if unknown:
+        raise ValueError(f"from_penzai: parameters jrome does not know: {', '.join(unknown[:5])}")
+    flat: dict[str, Any] = {}
+    stacked: dict[str, list] = {}
+    for label, (path, layer, names) in table.items():
+        if label not in labels:
+            continue
+        axes = _axes(names, model.metadata)
+        value = labels[label].value.unwrap(*[name for name, _ in axes])
+        shape = _jrome_shape(path, axes)
+        value = jnp.asarray(value).reshape(shape)
+        if layer is None:
+            flat[path] = value
+        else:
+            stacked.setdefault(path, [None] * n_layers)[layer] = value
+    flat |= {path: jnp.stack(values) for path, values in stacked.items()}
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        functools.reduce(lambda node, key: node.setdefault(key, {}), parents, tree)[leaf] = value
+    return LM(config=cfg, params=tree, tokenizer=tokenizer, name=name)
+
+
+def _jrome_shape(path: str, axes: list[tuple[str, int]]) -> tuple[int, ...]:
+    """jrome's shape of a per-layer array: the head axes and the projection merge into one H·hd dimension."""
+    merged: list[int] = []
+    in_heads = False
+    for name, size in axes:
+        is_head = name not in ("embedding", "neurons", "vocabulary")
+        if is_head and in_heads:
+            merged[-1] *= size
+        else:
+            merged.append(size)
+        in_heads = is_head
+    return tuple(merged)
+
+
+def logits(model: Any, ids: Any) -> np.ndarray:
+    """[B, T, vocab] logits of a penzai transformer for token ids [B, T] (no padding), as a NumPy array."""
+    pz = _pz()
+    tokens = pz.nx.wrap(jnp.asarray(ids)).tag("batch", "seq")
+    return np.asarray(model(tokens).unwrap("batch", "seq", "vocabulary"))
