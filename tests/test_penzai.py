@@ -42,14 +42,15 @@ def test_a_llama_penzai_converted_from_transformers_runs_in_jrome_with_its_logit
     np.testing.assert_allclose(jpz.logits(model, IDS), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "llama_one_kv_head", "llama_no_grouping", "gpt_neox"])
 def test_a_model_penzai_built_and_initialised_runs_in_jrome_with_its_logits(family):
     import jax
     from penzai.models.transformer.variants import gpt_neox, llamalike_common
 
-    if family == "llama":
+    if family.startswith("llama"):  # penzai names the head axes by the grouping: each case is another layout
+        kv, multiplier = {"llama": (2, 2), "llama_one_kv_head": (1, 4), "llama_no_grouping": (4, 1)}[family]
         config = llamalike_common.LlamalikeTransformerConfig(
-            num_kv_heads=2, query_head_multiplier=2, embedding_dim=32, projection_dim=8, mlp_hidden_dim=40,
+            num_kv_heads=kv, query_head_multiplier=multiplier, embedding_dim=32, projection_dim=8, mlp_hidden_dim=40,
             num_decoder_blocks=2, vocab_size=96, mlp_variant="swiglu", tie_embedder_and_logits=False,
             rope_wavelength=5000.0, rms_norm_eps=1e-5,
         )  # fmt: skip
@@ -98,5 +99,27 @@ def test_what_penzai_has_no_variant_for_is_a_clear_error(tiny_dir):
         jpz.to_penzai(jrome.load(tiny_dir("gpt2")))
     with pytest.raises(ValueError, match=r"q/k/v, output or MLP biases.*to_penzai takes Llama-like"):
         jpz.to_penzai(jrome.load(tiny_dir("qwen2")))
-    with pytest.raises(ValueError, match=r"from_penzai takes penzai's Llama-like and GPT-NeoX transformers"):
+    with pytest.raises(
+        ValueError,
+        match=r"penzai parameters of a Llama-like or GPT-NeoX transformer with unstacked blocks are expected",
+    ):
         jpz.from_penzai(pz.nn.Sequential([pz.nn.Identity()]))
+
+
+def test_penzai_parameters_by_label_load_with_a_transformers_config(tiny_dir):
+    import torch
+    from penzai.models.transformer.variants import llamalike_common
+
+    torch_model = build_torch_model("llama")
+    torch_model.config.rope_theta = torch_model.config.rope_parameters["rope_theta"]  # where penzai 0.2.5 reads it
+    named = {p.label: p.value for p in pz.unbind_params(llamalike_common.llamalike_from_huggingface_model(torch_model))[1]}  # fmt: skip
+    lm = jrome.load(named, config=torch_model.config)
+    assert not lm.config.tied_head  # penzai's converter gives the head its own copy
+    want = jrome.load(tiny_dir("llama"))
+    chex.assert_trees_all_equal(lm.params["blocks"], want.params["blocks"])
+    np.testing.assert_array_equal(lm.params["head"]["kernel"], want.params["embed"]["tokens"].T)
+    with torch.no_grad():
+        expected = torch_model(torch.tensor(IDS)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(forward(lm, IDS).logits), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="penzai parameters jrome does not know: transformer/block_0/extra"):
+        jrome.load(named | {"transformer/block_0/extra.weights": named["transformer/final_norm/scale.weights"]}, config=torch_model.config)  # fmt: skip

