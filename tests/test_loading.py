@@ -48,7 +48,7 @@ def test_parameters_larger_than_a_transfer_block_are_filled_in_place_block_by_bl
         chex.assert_trees_all_equal(jrome.load(tiny_dir(name)).params, whole.params)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma"])
+@pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"])
 def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
     import transformers
 
@@ -64,13 +64,23 @@ def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
 
 
 def test_the_llama_layout_families_are_switches_of_one_config(tiny_dir):
-    configs = {name: jrome.load(tiny_dir(name)).config for name in ("llama", "mistral", "qwen2", "qwen3", "gemma")}
+    names = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+    configs = {name: jrome.load(tiny_dir(name)).config for name in names}
     assert {c.family for c in configs.values()} == {"llama"}
     assert (configs["qwen2"].qkv_bias, configs["qwen2"].attn_out_bias) == (True, False)
     assert configs["qwen3"].qk_norm and not configs["llama"].qk_norm
     assert configs["mistral"].sliding_window == 16 and configs["llama"].sliding_window == 0
     gemma = configs["gemma"]
     assert (gemma.norm_offset, gemma.embed_scale, gemma.activation) == (1.0, 32**0.5, "gelu_tanh")
+    assert not (gemma.post_norms or gemma.attn_softcap or gemma.final_softcap or gemma.query_scale)
+    gemma2 = configs["gemma2"]
+    assert (gemma2.norm_offset, gemma2.embed_scale, gemma2.post_norms, gemma2.sliding_window) == (
+        1.0,
+        32**0.5,
+        True,
+        16,
+    )
+    assert (gemma2.attn_softcap, gemma2.final_softcap, gemma2.query_scale) == (2.0, 3.0, 24**-0.5)
     config = json.loads((tiny_dir("qwen2") / "config.json").read_text()) | {"use_sliding_window": True}
     with pytest.raises(ValueError, match="qwen2 with use_sliding_window .* is not supported"):
         config_from_hf(config)

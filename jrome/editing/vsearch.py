@@ -33,6 +33,7 @@ from ..models.forward import (
     Context,
     Rows,
     forward_tokens,
+    norm,
     positions_from_mask,
     rope_tables,
     run_layers,
@@ -267,8 +268,18 @@ def optimise_v(
     def read(h: jax.Array) -> jax.Array:
         return jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h, picks, axis=1)), axis=-1)
 
+    post_norm = cfg.post_norms and site == "mlp"  # Gemma 2: the residual receives norm(MLP output)
+    if post_norm:
+        post = jax.tree.map(lambda a: a[layer], params["blocks"]["norm_mlp_post"])
+        out = base.captured["mlp"][layer, jnp.arange(ids.shape[0]), fact_cols]
+        joined = norm(cfg, post, out)
+
+    def into_residual(d: jax.Array) -> jax.Array:
+        """What adding d to the MLP output at the fact column adds to the residual after the layer."""
+        return norm(cfg, post, out + d.astype(out.dtype)) - joined if post_norm else d
+
     def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = start.at[:, 0].add(delta[batch["owner"]].astype(start.dtype))
+        h = start.at[:, 0].add(into_residual(delta[batch["owner"]]).astype(start.dtype))
         h_mid = segment(h, layer + 1, mid)
         final = read(segment(h_mid, mid, cfg.n_layers))
         return (final if nll_layer is None else read(h_mid)), final[:, 0]

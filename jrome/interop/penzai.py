@@ -84,6 +84,8 @@ def _layout(cfg: ModelConfig) -> str:
             "q/k/v, output or MLP biases": cfg.qkv_bias or cfg.attn_out_bias or cfg.mlp_bias or cfg.head_bias,
             "q/k norms (Qwen3)": cfg.qk_norm,
             "norms of scale + 1 or scaled embeddings (Gemma)": cfg.norm_offset != 0 or cfg.embed_scale != 1.0,
+            "norms after attention and MLP, soft caps or a query scale (Gemma 2)": cfg.post_norms
+            or bool(cfg.attn_softcap or cfg.final_softcap or cfg.query_scale),
             "partial rotary": cfg.rotary_dim != cfg.head_dim,
             f"the {cfg.activation} gated MLP": cfg.activation not in ("silu", "gelu_tanh"),
         }

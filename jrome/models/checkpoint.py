@@ -109,16 +109,21 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "model_type": kind, "architectures": [LLAMA_ARCHITECTURES[kind]], "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim, "rms_norm_eps": cfg.norm_eps, "mlp_bias": cfg.mlp_bias,
     }  # fmt: skip
-    if kind == "mistral":
+    if kind in ("mistral", "gemma2"):
         llama["sliding_window"] = cfg.sliding_window or None
-    if kind == "gemma":
-        llama["hidden_act"] = "gelu_pytorch_tanh"
+    if kind in ("gemma", "gemma2"):
+        llama["hidden_act"] = llama["hidden_activation"] = "gelu_pytorch_tanh"
+    if kind == "gemma2":
+        llama |= {
+            "attn_logit_softcapping": cfg.attn_softcap or None, "final_logit_softcapping": cfg.final_softcap or None,
+            "query_pre_attn_scalar": round(cfg.query_scale**-2),
+        }  # fmt: skip
     return llama
 
 
 LLAMA_ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
 }  # fmt: skip
 
 

@@ -42,7 +42,11 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm of each head's query and key before rotary (Qwen3)
     norm_offset: float = 0.0  # RMSNorm multiplies by scale + this (Gemma stores scale - 1)
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
-    sliding_window: int = 0  # Mistral's attention window (also its max_positions here, see _llama_like); 0 = none
+    sliding_window: int = 0  # Mistral's and Gemma 2's attention window (also max_positions here, see _llama_like)
+    post_norms: bool = False  # RMSNorm of the attention and MLP outputs before they join the residual (Gemma 2)
+    attn_softcap: float = 0.0  # attention scores become cap * tanh(scores / cap) (Gemma 2); 0 = none
+    final_softcap: float = 0.0  # logits become cap * tanh(logits / cap) (Gemma 2); 0 = none
+    query_scale: float = 0.0  # what scores are multiplied by; 0 = head_dim ** -0.5 (Gemma 2: query_pre_attn_scalar)
 
     def __post_init__(self) -> None:
         checks = {
@@ -62,8 +66,13 @@ class ModelConfig:
             raise ValueError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
         if self.shared_norm and not self.parallel_residual:
             raise ValueError("shared_norm only makes sense with parallel_residual=True")
-        if self.family != "llama" and (self.qk_norm or self.norm_offset or self.embed_scale != 1.0):
-            raise ValueError("qk_norm, norm_offset and embed_scale are switches of the llama layout only")
+        switches = (self.qk_norm, self.norm_offset, self.embed_scale != 1.0, self.post_norms, self.attn_softcap,
+                    self.final_softcap, self.query_scale)  # fmt: skip
+        if self.family != "llama" and any(switches):
+            raise ValueError(
+                "qk_norm, norm_offset, embed_scale, post_norms, the soft caps and query_scale are switches of the "
+                "llama layout only"
+            )
 
     @property
     def q_dim(self) -> int:
@@ -197,16 +206,18 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 
 
 def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
     """Llama and the families that share its parameter names, each as switches of the one config:
     Mistral (a sliding window), Qwen2 (biases on q, k, v only), Qwen3 (q/k RMSNorm), Gemma (RMSNorm scale stored
-    minus one, embeddings times sqrt(d), GeGLU, tied head, head_dim 256)."""
+    minus one, embeddings times sqrt(d), GeGLU, tied head, head_dim 256), Gemma 2 (Gemma's, plus norms after
+    attention and MLP, soft-capped attention scores and logits, its own query scale, a window on every other layer)."""
     d = cfg["hidden_size"]
     heads = cfg["num_attention_heads"]
-    gemma = model_type == "gemma"
+    gemma2 = model_type == "gemma2"
+    gemma = model_type == "gemma" or gemma2
     head_dim = _get(cfg, "head_dim", default=256 if gemma else d // heads)
     theta, fraction = _rope(cfg, 10000.0, 1.0)
     bias = _get(cfg, "attention_bias", default=False)
@@ -215,7 +226,9 @@ def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
     act = _get(cfg, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh" if gemma else "silu")
     # A sliding window limits what a position sees only beyond its length, so jrome takes it as the context:
     # every sequence it runs fits in the window, where the model computes exactly what full attention computes.
-    window = (_get(cfg, "sliding_window", default=0) or 0) if model_type == "mistral" else 0
+    window = (
+        (_get(cfg, "sliding_window", default=4096 if gemma2 else 0) or 0) if model_type in ("mistral", "gemma2") else 0
+    )
     return ModelConfig(
         family="llama",
         model_type=model_type,
@@ -242,4 +255,8 @@ def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
         norm_offset=1.0 if gemma else 0.0,
         embed_scale=float(d) ** 0.5 if gemma else 1.0,
         sliding_window=window,
+        post_norms=gemma2,
+        attn_softcap=float(cfg.get("attn_logit_softcapping", 50.0) or 0.0) if gemma2 else 0.0,
+        final_softcap=float(cfg.get("final_logit_softcapping", 30.0) or 0.0) if gemma2 else 0.0,
+        query_scale=float(_get(cfg, "query_pre_attn_scalar", default=256)) ** -0.5 if gemma2 else 0.0,
     )

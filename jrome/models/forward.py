@@ -142,7 +142,9 @@ def attention(
     # [B, KV, G*R, hd] against [B, KV, C, hd]: batch axes first makes XLA's batched matmuls efficient
     qg = q.reshape(b, r, kv, groups, cfg.head_dim).transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * r, cfg.head_dim)
     kt, vt = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkrd,bkcd->bkrc", qg.astype(F32), kt.astype(F32)) * (cfg.head_dim**-0.5)
+    scores = jnp.einsum("bkrd,bkcd->bkrc", qg.astype(F32), kt.astype(F32)) * (cfg.query_scale or cfg.head_dim**-0.5)
+    if cfg.attn_softcap:
+        scores = cfg.attn_softcap * jnp.tanh(scores / cfg.attn_softcap)
     scores = scores.reshape(b, kv, groups, r, -1)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(F32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype).reshape(b, kv, groups * r, -1)
@@ -173,17 +175,19 @@ def block(
     attn, k, v = attention(cfg, p["attn"], a_in, rows, ctx)
     if iv.attn is not None:
         attn = iv.attn.overwrite(layer, cols, attn)
+    joins = norm(cfg, p["norm_attn_post"], attn) if cfg.post_norms else attn  # what the residual receives
     if cfg.parallel_residual:
         m_in = a_in if cfg.shared_norm else norm(cfg, p["norm_mlp"], h)
     else:
-        h = h + attn
+        h = h + joins
         m_in = norm(cfg, p["norm_mlp"], h)
     out, key = mlp(cfg, p["mlp"], m_in)
     if iv.mlp is not None:
         out = iv.mlp.overwrite(layer, cols, out)
     if iv.mlp_add is not None:
         out = iv.mlp_add.add_into(layer, cols, out)
-    h = h + attn + out if cfg.parallel_residual else h + out
+    out_joins = norm(cfg, p["norm_mlp_post"], out) if cfg.post_norms else out
+    h = h + joins + out_joins if cfg.parallel_residual else h + out_joins
     if iv.resid is not None:
         h = iv.resid.overwrite(layer, cols, h)
     acts = {"resid": h, "mlp_key": key, "mlp": out, "attn": attn, "attn_k": k, "attn_v": v}
@@ -253,6 +257,8 @@ def unembed(cfg: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
         logits = jnp.einsum("...d,dv->...v", h, params["head"]["kernel"], preferred_element_type=F32)
     if cfg.head_bias:
         logits = logits + params["head"]["bias"].astype(F32)
+    if cfg.final_softcap:
+        logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
     return logits
 
 

@@ -106,6 +106,23 @@ _LAYER = {
 _FUSED_QKV = {"gpt2": "h.{i}.attn.c_attn", "gpt_neox": "layers.{i}.attention.query_key_value"}
 
 
+# Gemma 2 names its four norms differently: its post_attention_layernorm follows attention (Llama's is the MLP's).
+_POST_NORMS = [
+    (("norm_attn", "scale"), "layers.{i}.input_layernorm.weight", "vector"),
+    (("norm_attn_post", "scale"), "layers.{i}.post_attention_layernorm.weight", "vector"),
+    (("norm_mlp", "scale"), "layers.{i}.pre_feedforward_layernorm.weight", "vector"),
+    (("norm_mlp_post", "scale"), "layers.{i}.post_feedforward_layernorm.weight", "vector"),
+]
+
+
+def _layer_rows(cfg: ModelConfig) -> list[tuple[tuple[str, ...], str, str]]:
+    """The per-layer table of this architecture."""
+    rows = _LAYER[cfg.family]
+    if cfg.post_norms:
+        rows = _POST_NORMS + [row for row in rows if row[0][0] not in ("norm_attn", "norm_mlp")]
+    return rows
+
+
 def _wanted(cfg: ModelConfig, path: tuple[str, ...]) -> bool:
     """Whether this architecture has the parameter at `path` (biases, q/k norms and the second norm are optional)."""
     if path[:2] in (("attn", "q_norm"), ("attn", "k_norm")):
@@ -169,7 +186,7 @@ def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, place
         _set(params, ("head", "bias"), place.array(("head", "bias"), _head_tensor(names, get, head + ".bias", prefix)))
 
     blocks: dict = {}
-    for path, name, layout in _LAYER[family]:
+    for path, name, layout in _layer_rows(cfg):
         if _wanted(cfg, path):
             (leaf,) = place.stack([path], lambda i, n=name, lay=layout: [_from_layout(read(n.format(i=i)), lay)], cfg.n_layers)  # fmt: skip
             _set(blocks, path, leaf)
@@ -219,7 +236,7 @@ def checkpoint_from_params(cfg: ModelConfig, params: Mapping) -> dict[str, np.nd
     if cfg.head_bias:
         out[head + ".bias"] = leaf(params, ("head", "bias"))
     blocks = params["blocks"]
-    for path, name, layout in _LAYER[family]:
+    for path, name, layout in _layer_rows(cfg):
         if _wanted(cfg, path):
             stacked = leaf(blocks, path)
             for i in range(cfg.n_layers):
