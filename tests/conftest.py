@@ -41,7 +41,8 @@ def golden_file(name: str) -> Path:
 # residuals with one or two norms, grouped-query attention, biases, tied and untied heads; and the Llama-layout
 # families: Mistral (a sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms, head_dim apart from d/heads),
 # Gemma (scale-minus-one norms, scaled embeddings, GeGLU, one kv head), Gemma 2 (norms after attention and MLP,
-# soft caps small enough to bite, a query scale apart from head_dim, a window on every other layer).
+# soft caps small enough to bite, a query scale apart from head_dim, a window on every other layer), Gemma 3 (q/k
+# norms, local and global layers with rotary thetas far apart).
 TINY = {
     "gpt2": dict(n_layer=3, n_embd=32, n_head=4, vocab_size=96, n_positions=64, n_inner=48),
     "gptj": dict(n_layer=3, n_embd=64, n_head=4, vocab_size=96, n_positions=64, rotary_dim=8),
@@ -78,6 +79,13 @@ TINY = {
         vocab_size=96, max_position_embeddings=64, head_dim=16, sliding_window=16, query_pre_attn_scalar=24,
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
     ),
+    "gemma3": dict(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40,
+        vocab_size=96, max_position_embeddings=64, head_dim=16, sliding_window=16, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+    ),
     "llama_bias": dict(
         num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4, intermediate_size=40,
         vocab_size=96, attention_bias=True, mlp_bias=True, max_position_embeddings=64,
@@ -101,6 +109,7 @@ def build_torch_model(name: str, seed: int = 0):
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
         "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
     }[family]
     torch.manual_seed(seed)
     config = config_cls(**TINY[name], bos_token_id=0, eos_token_id=1, pad_token_id=1)

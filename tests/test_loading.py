@@ -48,7 +48,9 @@ def test_parameters_larger_than_a_transfer_block_are_filled_in_place_block_by_bl
         chex.assert_trees_all_equal(jrome.load(tiny_dir(name)).params, whole.params)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"]
+)
 def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
     import transformers
 
@@ -64,7 +66,7 @@ def test_config_sizes_match_transformers_including_its_defaults(tiny_dir, name):
 
 
 def test_the_llama_layout_families_are_switches_of_one_config(tiny_dir):
-    names = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+    names = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
     configs = {name: jrome.load(tiny_dir(name)).config for name in names}
     assert {c.family for c in configs.values()} == {"llama"}
     assert (configs["qwen2"].qkv_bias, configs["qwen2"].attn_out_bias) == (True, False)
@@ -81,6 +83,9 @@ def test_the_llama_layout_families_are_switches_of_one_config(tiny_dir):
         16,
     )
     assert (gemma2.attn_softcap, gemma2.final_softcap, gemma2.query_scale) == (2.0, 3.0, 24**-0.5)
+    gemma3 = configs["gemma3"]
+    assert (gemma3.qk_norm, gemma3.post_norms, gemma3.attn_softcap, gemma3.final_softcap) == (True, True, 0.0, 0.0)
+    assert (gemma3.rope_theta, gemma3.rope_local_theta, gemma3.local_layers) == (10000.0, 100.0, (0, 2))
     config = json.loads((tiny_dir("qwen2") / "config.json").read_text()) | {"use_sliding_window": True}
     with pytest.raises(ValueError, match="qwen2 with use_sliding_window .* is not supported"):
         config_from_hf(config)

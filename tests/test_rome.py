@@ -157,7 +157,7 @@ def test_sequential_edits_and_r_rome(smollm2, golden_rome, golden_hparams):
 # The v* search: the fast program against the straightforward one, on tiny models of two families.
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"])
 def test_fast_v_search_equals_the_full_forward_version(tiny_lm, name):
     lm = tiny_lm(name)
     layer = lm.config.n_layers - 2  # not the last: its output at the subject cannot reach the target tokens

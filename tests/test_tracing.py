@@ -22,7 +22,8 @@ TINY_PROMPT, TINY_SUBJECT = "a famous old museum the eiffel tower is located in 
 @pytest.mark.parametrize(
     ("family", "chunks"),
     [("gpt2", (1,)), ("gpt_neox", (1,)), ("llama", (1, 2)), ("mistral", (1,)), ("qwen2", (1,)), ("qwen3", (1,)),
-     ("gemma", (1,)), ("gemma2", (1,))],
+     ("gemma", (1,)), ("gemma2", (1,)),
+     ("gemma3", (1,))],
 )  # fmt: skip
 def test_packed_trace_equals_a_loop_of_full_forwards_on_tiny_models(tiny_lm, family, chunks):
     lm = tiny_lm(family)

@@ -109,21 +109,30 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "model_type": kind, "architectures": [LLAMA_ARCHITECTURES[kind]], "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim, "rms_norm_eps": cfg.norm_eps, "mlp_bias": cfg.mlp_bias,
     }  # fmt: skip
-    if kind in ("mistral", "gemma2"):
+    if kind in ("mistral", "gemma2", "gemma3_text"):
         llama["sliding_window"] = cfg.sliding_window or None
-    if kind in ("gemma", "gemma2"):
+    if kind in ("gemma", "gemma2", "gemma3_text"):
         llama["hidden_act"] = llama["hidden_activation"] = "gelu_pytorch_tanh"
-    if kind == "gemma2":
+    if kind in ("gemma2", "gemma3_text"):
         llama |= {
             "attn_logit_softcapping": cfg.attn_softcap or None, "final_logit_softcapping": cfg.final_softcap or None,
             "query_pre_attn_scalar": round(cfg.query_scale**-2),
         }  # fmt: skip
+    if kind == "gemma3_text":
+        local = set(cfg.local_layers)
+        llama["layer_types"] = ["sliding_attention" if i in local else "full_attention" for i in range(cfg.n_layers)]
+        llama["rope_parameters"] = {
+            "full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_local_theta},
+        }
+        llama["rope_local_base_freq"] = cfg.rope_local_theta
     return llama
 
 
 LLAMA_ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }  # fmt: skip
 
 

@@ -47,8 +47,11 @@ class ModelConfig:
     attn_softcap: float = 0.0  # attention scores become cap * tanh(scores / cap) (Gemma 2); 0 = none
     final_softcap: float = 0.0  # logits become cap * tanh(logits / cap) (Gemma 2); 0 = none
     query_scale: float = 0.0  # what scores are multiplied by; 0 = head_dim ** -0.5 (Gemma 2: query_pre_attn_scalar)
+    rope_local_theta: float = 0.0  # the rotary theta of local_layers (Gemma 3's sliding-window layers); 0 = none
+    local_layers: tuple[int, ...] = ()  # the layers that use rope_local_theta
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "local_layers", tuple(self.local_layers))  # from a JSON list too; hashable
         checks = {
             "family": (self.family, FAMILIES),
             "norm": (self.norm, ("layernorm", "rmsnorm")),
@@ -67,12 +70,14 @@ class ModelConfig:
         if self.shared_norm and not self.parallel_residual:
             raise ValueError("shared_norm only makes sense with parallel_residual=True")
         switches = (self.qk_norm, self.norm_offset, self.embed_scale != 1.0, self.post_norms, self.attn_softcap,
-                    self.final_softcap, self.query_scale)  # fmt: skip
+                    self.final_softcap, self.query_scale, self.rope_local_theta)  # fmt: skip
         if self.family != "llama" and any(switches):
             raise ValueError(
-                "qk_norm, norm_offset, embed_scale, post_norms, the soft caps and query_scale are switches of the "
-                "llama layout only"
+                "qk_norm, norm_offset, embed_scale, post_norms, the soft caps, query_scale and rope_local_theta are "
+                "switches of the llama layout only"
             )
+        if any(not 0 <= i < self.n_layers for i in self.local_layers):
+            raise ValueError(f"local_layers={self.local_layers} must be layers of the model (0..{self.n_layers - 1})")
 
     @property
     def q_dim(self) -> int:
@@ -94,6 +99,7 @@ def _get(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
 def _rope(cfg: dict[str, Any], default_theta: float, default_fraction: float) -> tuple[float, float]:
     """(rope theta, rotary fraction) from either the old flat keys or transformers 5's `rope_parameters`."""
     rope = cfg.get("rope_parameters") or {}
+    rope = rope.get("full_attention", rope)  # Gemma 3 (transformers 5): one entry per layer type
     scaling = cfg.get("rope_scaling") or {}
     kind = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
@@ -206,20 +212,23 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
 
 def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
     """Llama and the families that share its parameter names, each as switches of the one config:
     Mistral (a sliding window), Qwen2 (biases on q, k, v only), Qwen3 (q/k RMSNorm), Gemma (RMSNorm scale stored
     minus one, embeddings times sqrt(d), GeGLU, tied head, head_dim 256), Gemma 2 (Gemma's, plus norms after
-    attention and MLP, soft-capped attention scores and logits, its own query scale, a window on every other layer)."""
+    attention and MLP, soft-capped attention scores and logits, its own query scale, a window on every other layer),
+    Gemma 3 (Gemma 2's without soft caps, plus q/k norms and a rotary theta of its own on the sliding-window layers)."""
     d = cfg["hidden_size"]
     heads = cfg["num_attention_heads"]
-    gemma2 = model_type == "gemma2"
+    gemma3 = model_type == "gemma3_text"
+    gemma2 = model_type == "gemma2" or gemma3  # Gemma 3 keeps Gemma 2's norms, query scale and window
     gemma = model_type == "gemma" or gemma2
     head_dim = _get(cfg, "head_dim", default=256 if gemma else d // heads)
-    theta, fraction = _rope(cfg, 10000.0, 1.0)
+    local_theta, local_layers = _gemma3_local_layers(cfg) if gemma3 else (0.0, ())
+    theta, fraction = _rope(cfg, 1_000_000.0 if gemma3 else 10000.0, 1.0)
     bias = _get(cfg, "attention_bias", default=False)
     if model_type in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
         raise ValueError(f"{model_type} with use_sliding_window (windows on some layers only) is not supported")
@@ -227,7 +236,7 @@ def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
     # A sliding window limits what a position sees only beyond its length, so jrome takes it as the context:
     # every sequence it runs fits in the window, where the model computes exactly what full attention computes.
     window = (
-        (_get(cfg, "sliding_window", default=4096 if gemma2 else 0) or 0) if model_type in ("mistral", "gemma2") else 0
+        (_get(cfg, "sliding_window", default=4096 if gemma2 else 0) or 0) if model_type == "mistral" or gemma2 else 0
     )
     return ModelConfig(
         family="llama",
@@ -251,12 +260,30 @@ def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
         attn_out_bias=False if model_type == "qwen2" else bias,
         mlp_bias=_get(cfg, "mlp_bias", default=False),
         tied_head=_get(cfg, "tie_word_embeddings", default=gemma),
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type == "qwen3" or gemma3,
         norm_offset=1.0 if gemma else 0.0,
         embed_scale=float(d) ** 0.5 if gemma else 1.0,
         sliding_window=window,
         post_norms=gemma2,
-        attn_softcap=float(cfg.get("attn_logit_softcapping", 50.0) or 0.0) if gemma2 else 0.0,
-        final_softcap=float(cfg.get("final_logit_softcapping", 30.0) or 0.0) if gemma2 else 0.0,
+        attn_softcap=float(cfg.get("attn_logit_softcapping", None if gemma3 else 50.0) or 0.0) if gemma2 else 0.0,
+        final_softcap=float(cfg.get("final_logit_softcapping", None if gemma3 else 30.0) or 0.0) if gemma2 else 0.0,
         query_scale=float(_get(cfg, "query_pre_attn_scalar", default=256)) ** -0.5 if gemma2 else 0.0,
+        rope_local_theta=local_theta,
+        local_layers=local_layers,
     )
+
+
+def _gemma3_local_layers(cfg: dict[str, Any]) -> tuple[float, tuple[int, ...]]:
+    """Gemma 3's sliding-window layers and their rotary theta: from `layer_types` (else every layer but each
+    `sliding_window_pattern`-th), and `rope_parameters["sliding_attention"]` (else `rope_local_base_freq`)."""
+    n = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types")
+    if types is None:
+        pattern = _get(cfg, "sliding_window_pattern", "_sliding_window_pattern", default=6)
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    rope = cfg.get("rope_parameters") or {}
+    local = rope.get("sliding_attention") or {}
+    if local.get("rope_type", "default") != "default":
+        raise ValueError(f"rope scaling type {local['rope_type']!r} is not supported; only unscaled rotary is")
+    theta = _get(local, "rope_theta", default=_get(cfg, "rope_local_base_freq", default=10000.0))
+    return float(theta), tuple(i for i, kind in enumerate(types) if kind == "sliding_attention")

@@ -33,7 +33,8 @@ class Context(NamedTuple):
 
 
 class Rope(NamedTuple):
-    """Rotary tables for the rows being computed: cos, sin [B, R, rotary_dim // 2] in float32."""
+    """Rotary tables for the rows being computed: cos, sin [B, R, rotary_dim // 2] in float32 ([B, R, 2, ...]
+    with a local theta: see rope_tables)."""
 
     cos: jax.Array
     sin: jax.Array
@@ -92,13 +93,25 @@ def dense(p: Params, x: jax.Array) -> jax.Array:
 
 
 def rope_tables(cfg: ModelConfig, positions: jax.Array) -> Rope | None:
-    """cos and sin of every rotary frequency at the given absolute positions, or None for learned positions."""
+    """cos and sin of every rotary frequency at the given absolute positions, or None for learned positions. With
+    a second theta for local layers (Gemma 3) both tables come stacked on a second-to-last axis (global, local)."""
     if cfg.positions != "rotary":
         return None
+    thetas = (cfg.rope_theta, cfg.rope_local_theta) if cfg.rope_local_theta else (cfg.rope_theta,)
     exponents = jnp.arange(0, cfg.rotary_dim, 2, dtype=F32) / cfg.rotary_dim
-    inv_freq = 1.0 / (cfg.rope_theta**exponents)
-    angles = positions[..., None].astype(F32) * inv_freq
+    inv_freq = jnp.stack([1.0 / (theta**exponents) for theta in thetas])
+    angles = positions[..., None, None].astype(F32) * inv_freq
+    if not cfg.rope_local_theta:
+        angles = angles[..., 0, :]
     return Rope(jnp.cos(angles), jnp.sin(angles))
+
+
+def layer_rope(cfg: ModelConfig, rope: Rope | None, layer: jax.Array) -> Rope | None:
+    """The rotary tables this layer uses: the local ones on cfg.local_layers when the model has two thetas."""
+    if rope is None or not cfg.rope_local_theta:
+        return rope
+    local = jnp.isin(layer, jnp.asarray(cfg.local_layers, jnp.int32)).astype(jnp.int32)
+    return Rope(jnp.take(rope.cos, local, axis=-2), jnp.take(rope.sin, local, axis=-2))
 
 
 def _rotate(cfg: ModelConfig, x: jax.Array, rope: Rope) -> jax.Array:
@@ -172,7 +185,7 @@ def block(
     """
     cols = rows.cols
     a_in = norm(cfg, p["norm_attn"], h)
-    attn, k, v = attention(cfg, p["attn"], a_in, rows, ctx)
+    attn, k, v = attention(cfg, p["attn"], a_in, rows._replace(rope=layer_rope(cfg, rows.rope, layer)), ctx)
     if iv.attn is not None:
         attn = iv.attn.overwrite(layer, cols, attn)
     joins = norm(cfg, p["norm_attn_post"], attn) if cfg.post_norms else attn  # what the residual receives
