@@ -218,20 +218,24 @@ def private_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+MAPPINGS_LIMIT = 30_000  # Linux allows 65,530 memory mappings per process (vm.max_map_count)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def release_compiled_programs():
-    """After each test file, drop JAX's in-memory compiled programs (the persistent cache keeps them on disk).
-
-    Each CPU executable holds a few memory mappings of its machine code; a full run kept ~20,000 programs alive and
-    reached Linux's 65,530 mappings per process (vm.max_map_count), where the next mapping failed and XLA segfaulted.
-    """
-    import gc
-
-    import jax
-
+    """After a test file, when this process holds many memory mappings, drop JAX's in-memory compiled programs (the
+    persistent cache keeps them on disk). Each CPU executable keeps a few mappings of its machine code; a full run
+    kept ~20,000 programs alive and reached Linux's 65,530 mappings, where the next mapping failed and XLA
+    segfaulted. Clearing only past a threshold keeps the programs the next files reuse (tracing them again costs)."""
     yield
-    jax.clear_caches()
-    gc.collect()
+    maps = Path("/proc/self/maps")
+    if maps.exists() and len(maps.read_bytes().splitlines()) > MAPPINGS_LIMIT:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
 
 
 def separate_compiled_programs(env: dict[str, str]) -> dict[str, str]:
