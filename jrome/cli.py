@@ -325,6 +325,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         overrides["mom2_adjustment"] = False
     get_method("rome").check_overrides(overrides)  # before the model loads
     lm = _load_model(args)
+    target = target_ids(lm, req)[0]  # the request against the tokenizer, before the statistics; scored by this rule
     hp = hparams_for(lm.name, lm.config.family).override(**overrides)
     stats = None
     if hp.mom2_adjustment:
@@ -335,7 +336,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     else:
         print("key statistics: none (--no-stats), so C = I; the paper's ROME uses them", file=sys.stderr)
     prompts = [req.text, *args.check]
-    target = target_ids(lm, req)[0]  # the token the edit scores, by the same rule
     probe = _fact_rows(lm, [req.text], 0, 0)[0]
     old = lm.tokenizer(probe["top"], add_special_tokens=False)["input_ids"][0]
     before = _fact_rows(lm, prompts, target, old)

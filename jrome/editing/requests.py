@@ -35,7 +35,7 @@ class Request:
                     f"subject {subject!r} is not in the prompt {prompt!r}, and the prompt has no '{{}}' placeholder"
                 )
             prompt = prompt.replace(subject, "{}", 1)
-        return cls(prompt=prompt, subject=subject, target_new=target)
+        return check_words(cls(prompt=prompt, subject=subject, target_new=target))
 
     @property
     def text(self) -> str:
@@ -43,17 +43,23 @@ class Request:
         return self.prompt.replace("{}", self.subject)
 
 
-def target_ids(lm: LM, request: Request) -> list[int]:
-    """Check a request against the model before anything is computed; return the target's token ids.
-
-    As the original does, a target without a leading space gets one ("Rome" is scored as " Rome").
-    """
+def check_words(request: Request) -> Request:
+    """The checks that need no model (one placeholder, a subject, a target), so bad words fail before it loads."""
     if request.prompt.count("{}") != 1:
         raise ValueError(f"the prompt must contain '{{}}' exactly once where the subject goes; got {request.prompt!r}")
     if not request.subject.strip():
         raise ValueError("the subject is empty")
     if not request.target_new.strip():
         raise ValueError(f"the target {request.target_new!r} is empty; give the new object's words, e.g. 'Rome'")
+    return request
+
+
+def target_ids(lm: LM, request: Request) -> list[int]:
+    """Check a request against the model before anything is computed; return the target's token ids.
+
+    As the original does, a target without a leading space gets one ("Rome" is scored as " Rome").
+    """
+    check_words(request)
     placeholder_span(lm.tokenizer, request.prompt, request.subject)
     ids = lm.tokenizer(spaced(request.target_new), add_special_tokens=False)["input_ids"]
     if not ids:
