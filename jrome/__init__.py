@@ -2,7 +2,7 @@
 
 from . import editing, tracing
 from .editing import memit, rome
-from .interventions import CAPTURES, Interventions, Patch
+from .interventions import CAPTURES, Interventions, Patch, RowEdits
 from .models import LM, ForwardOutput, ModelConfig, export_hf, forward, load, save
 from .tokens import encode, subject_range
 from .tracing import trace
@@ -23,6 +23,7 @@ __all__ = [
     "Interventions",
     "ModelConfig",
     "Patch",
+    "RowEdits",
     "encode",
     "forward",
     "load",

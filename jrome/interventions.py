@@ -72,12 +72,33 @@ class Patch:
 
 
 @struct.dataclass
+class RowEdits:
+    """Rank-one changes of the MLP output projection, one per (slot, row): row b runs with
+    W_down[layer[m]] + u[m, b] lam[m, b]ᵀ for every slot m. K edited models (ROME's Ŵ = W + û Λᵀ) then run as
+    rows of one forward, with no copy of the weights. layer [M] (-1 switches a slot off), u [M, B, F],
+    lam [M, B, D]; a row whose u and lam are zero is the unedited model.
+    """
+
+    layer: jax.Array
+    u: jax.Array
+    lam: jax.Array
+
+    def add_into(self, layer: jax.Array, key: jax.Array, out: jax.Array) -> jax.Array:
+        """out [B, R, D], the projection of key [B, R, F], plus each row's (key · u) lam for `layer`'s slots."""
+        on = (self.layer == layer).astype(jnp.float32)
+        along = jnp.einsum("brf,mbf->mbr", key.astype(jnp.float32), self.u.astype(jnp.float32), precision="highest")
+        added = jnp.einsum("m,mbr,mbd->brd", on, along, self.lam.astype(jnp.float32), precision="highest")
+        return out + added.astype(out.dtype)
+
+
+@struct.dataclass
 class Interventions:
     """What a forward pass changes and returns. Every field is optional.
 
     embed_add: [(B,) T, D] added to the token embeddings (causal tracing's noise).
     resid: replaces the residual stream after a layer. attn / mlp: replace a module's output.
     mlp_add: adds to the MLP output (ROME's v* search).
+    row_edits: rank-one changes of the MLP output projection, per row (several edited models in one forward).
     capture: names from CAPTURES to return, stacked over layers as [L, B, T, ...].
     """
 
@@ -86,6 +107,7 @@ class Interventions:
     attn: Patch | None = None
     mlp: Patch | None = None
     mlp_add: Patch | None = None
+    row_edits: RowEdits | None = None
     capture: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
     def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:

@@ -61,6 +61,11 @@ def interventions_repr(iv: Any, path: str | None, subtree_renderer: Any) -> Any:
         patch = getattr(iv, site)
         if patch is not None:
             fields[site] = _patch(patch)
+    if iv.row_edits is not None:  # which layer each slot edits, and how large each row's Λ is
+        fields["row_edits"] = {
+            "layer": np.asarray(iv.row_edits.layer).tolist(),
+            "|lam|": heatmap(np.linalg.norm(np.asarray(iv.row_edits.lam, np.float32), axis=-1), ["slot", "row"]),
+        }
     fields["capture"] = list(iv.capture)
     return _constructor(iv, fields, path, subtree_renderer)
 

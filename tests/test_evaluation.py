@@ -290,6 +290,35 @@ def test_rome_runner_end_to_end(smollm2, tmp_path, dataset):
         assert len(record["post"]["correct"]["rewrite"]) == len(smollm2.tokenizer(" uniform")["input_ids"])
 
 
+def test_cases_scored_as_rows_of_shared_forwards_equal_each_edited_model_scored_alone(smollm2, eiffel_edit):
+    from jrome.editing.undo import RankOne
+    from jrome.evaluation.runner import score_cases
+
+    real = eiffel_edit[1].edits[0].rank_one  # Eiffel Tower -> Rome at layer 4
+    rng = np.random.default_rng(0)
+    other = RankOne(real.layers, rng.normal(size=real.u.shape) / 40, rng.normal(size=real.lam.shape) * 3)
+    edits = [real, None, other]
+    for dataset in ("counterfact", "zsre"):
+        cases = load_dataset(dataset)[:3]
+        together = score_cases(smollm2, cases, 0, 0, None, edits)
+        alone = [score_cases(smollm2 if e is None else e.apply(smollm2), [c], 0, 0, None)[0] for c, e in zip(cases, edits, strict=True)]  # fmt: skip
+        unedited = score_cases(smollm2, cases, 0, 0, None)
+        if dataset == "counterfact":
+            nlls = [[p[t] for g in ("rewrite", "paraphrase", "neighborhood") for p in s["nll"][g] for t in p] for s in (*together, *alone, *unedited)]  # fmt: skip
+            together_nll, alone_nll, unedited_nll = nlls[:3], nlls[3:6], nlls[6:]
+            for r in range(3):
+                np.testing.assert_allclose(together_nll[r], alone_nll[r], atol=1e-4)
+            assert max(abs(a - b) for a, b in zip(alone_nll[0], unedited_nll[0], strict=True)) > 0.1  # edits matter
+            assert max(abs(a - b) for a, b in zip(alone_nll[2], unedited_nll[2], strict=True)) > 0.1
+            assert alone_nll[1] == unedited_nll[1]
+        else:
+            assert [s["correct"] for s in together] == [s["correct"] for s in alone]
+        for t, a in zip(together, alone, strict=True):  # the per-case scores computed from them
+            assert {k: v for k, v in t.items() if k not in ("nll", "correct")} == pytest.approx(
+                {k: v for k, v in a.items() if k not in ("nll", "correct")}, abs=1e-4
+            )
+
+
 def test_generation_metrics_of_original_format_records(smollm2, tmp_path, monkeypatch):
     (tmp_path / "cf.json").write_text(json.dumps([ORIGINAL]))
     monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path))
@@ -417,8 +446,10 @@ def test_pre_edit_scores_are_read_from_an_earlier_run_of_the_same_settings(smoll
     same = {"max_out_len": 0, "seed": 0, "progress": False}
     none = run_eval(smollm2, "none", "counterfact", 2, tmp_path / "none", **same)
     scored = []
-    real = runner.score_case
-    monkeypatch.setattr(runner, "score_case", lambda lm, case, *a: scored.append(lm is smollm2) or real(lm, case, *a))
+    real = runner.score_cases
+    monkeypatch.setattr(
+        runner, "score_cases", lambda lm, cases, *a: scored.append(lm is smollm2) or real(lm, cases, *a)
+    )
     ft = run_eval(smollm2, "ft", "counterfact", 2, tmp_path / "ft", hparams={"num_steps": 2}, pre_from=tmp_path / "none", **same)  # fmt: skip
     assert scored == [False, False]  # only the edited models were scored
 

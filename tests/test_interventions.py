@@ -141,3 +141,25 @@ def test_bad_interventions_are_clear_errors():
         Interventions(capture=("hidden",))
     with pytest.raises(ValueError, match="one layer, token and value per write"):
         Patch.at([1, 2], [3], jnp.ones((2, 4)))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_row_edits_run_each_row_on_its_own_edited_weights(tiny_dir, family):
+    from jrome.editing.undo import RankOne, row_edits
+
+    model = jrome.load(tiny_dir(family))
+    rng = np.random.default_rng(3)
+    f, d = model.config.d_mlp, model.config.d_model
+    one = RankOne((1,), rng.normal(size=(1, f)), rng.normal(size=(1, d)))
+    two = RankOne((0, 1), rng.normal(size=(2, f)), rng.normal(size=(2, d)))
+    tokens = rng.integers(0, 96, size=(3, 9))
+    for edits in ([one, None, one], [two, two, None]):
+        rows = jrome.forward(model, tokens, interventions=Interventions(row_edits=row_edits(edits))).logits
+        for r, e in enumerate(edits):
+            alone = jrome.forward(model if e is None else e.apply(model), tokens[r : r + 1]).logits[0]
+            np.testing.assert_allclose(rows[r], alone, atol=2e-5, rtol=1e-5)
+        assert np.abs(rows[0] - jrome.forward(model, tokens[:1]).logits[0]).max() > 1e-2  # the edit matters
+    with pytest.raises(ValueError, match=r"same layers; got \(1,\) and \[\(0, 1\)\]"):
+        row_edits([one, two])
+    with pytest.raises(ValueError, match="needs an edit, or `like`"):
+        row_edits([None, None])

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -28,7 +27,7 @@ from .keys import template_keys
 from .requests import Request, parse_requests
 from .stats import KeySolver, KeyStats, read_layer_stats, statistics_for
 from .templates import rome_templates
-from .undo import Undo, add_to_layer, down_kernel, with_down_kernel
+from .undo import RankOne, Undo, down_kernel
 from .vsearch import search
 
 
@@ -61,6 +60,11 @@ class Edit:
     losses: np.ndarray  # [steps, 4] total, nll, kl, weight decay per Adam step (NaN after an early stop)
     old_kernel: jax.Array  # [F, D] the layer's kernel before this edit, bit for bit
     seconds: float
+
+    @property
+    def rank_one(self) -> RankOne:
+        """Ŵ = W + û Λᵀ as factors (to apply it, or to score the edited model as one row of a batch)."""
+        return RankOne((self.layer,), self.u_hat[None], self.lam[None])
 
     def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
         from ..views import edit_repr
@@ -149,9 +153,7 @@ def _compute(
 def apply(lm: LM, e: Edit) -> tuple[LM, Undo]:
     """lm with the rank-one update of `e` added (Ŵ = W + û Λᵀ at e.layer), and the Undo that restores lm's weights."""
     old = down_kernel(lm.params)[e.layer]
-    update = jnp.outer(jnp.asarray(e.u_hat, jnp.float32), jnp.asarray(e.lam, jnp.float32))
-    kernel = add_to_layer(down_kernel(lm.params), e.layer, update)
-    return lm.replace(params=with_down_kernel(lm.params, kernel)), Undo((dataclasses.replace(e, old_kernel=old),))
+    return e.rank_one.apply(lm), Undo((dataclasses.replace(e, old_kernel=old),))
 
 
 def edit(

@@ -4,10 +4,14 @@ record that puts the old weights back bit for bit."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from ..interventions import RowEdits
 from ..models.lm import LM
 
 
@@ -40,3 +44,39 @@ class Undo:
         for e in reversed(self.edits):
             kernel = kernel.at[e.layer].set(e.old_kernel)
         return lm.replace(params=with_down_kernel(lm.params, kernel))
+
+
+@dataclasses.dataclass(frozen=True)
+class RankOne:
+    """An edit as its factors: W_down[layers[m]] += outer(u[m], lam[m]) for each m. ROME's closed form is one
+    (û, Λ); models edited this way can run as the rows of one forward instead of as weight copies (`row_edits`)."""
+
+    layers: tuple[int, ...]
+    u: np.ndarray  # [M, F]
+    lam: np.ndarray  # [M, D]
+
+    def apply(self, lm: LM) -> LM:
+        """lm with the update added to its stacked kernel (only that leaf is rebuilt)."""
+        kernel = down_kernel(lm.params)
+        for layer, u, lam in zip(self.layers, self.u, self.lam, strict=True):
+            update = jnp.outer(jnp.asarray(u, jnp.float32), jnp.asarray(lam, jnp.float32))
+            kernel = add_to_layer(kernel, layer, update)
+        return lm.replace(params=with_down_kernel(lm.params, kernel))
+
+
+def row_edits(edits: Sequence[RankOne | None], like: RankOne | None = None) -> RowEdits:
+    """The interventions under which row b of a batch is the model `edits[b]` edits (None: the unedited model);
+    `like` gives the layers and sizes when every row is unedited."""
+    like = next((e for e in edits if e is not None), like)
+    if like is None:
+        raise ValueError("row_edits needs an edit, or `like`, to know the edited layers")
+    layers = like.layers
+    others = {e.layers for e in edits if e is not None and e.layers != layers}
+    if others:
+        raise ValueError(f"row_edits takes edits of the same layers; got {layers} and {sorted(others)}")
+    u = np.zeros((len(layers), len(edits), like.u.shape[-1]), np.float32)
+    lam = np.zeros((len(layers), len(edits), like.lam.shape[-1]), np.float32)
+    for row, e in enumerate(edits):
+        if e is not None:
+            u[:, row], lam[:, row] = e.u, e.lam
+    return RowEdits(layer=jnp.asarray(layers, jnp.int32), u=jnp.asarray(u), lam=jnp.asarray(lam))

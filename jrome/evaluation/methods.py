@@ -19,6 +19,7 @@ from ..editing.baselines import FTHparams, finetune, ft_hparams_for
 from ..editing.hparams import MemitHparams, RomeHparams
 from ..editing.requests import parse_requests
 from ..editing.stats import KeyStats, statistics_for
+from ..editing.undo import RankOne
 from ..files import atomic_write_text
 from ..models.lm import LM
 from .datasets import EditCase
@@ -49,8 +50,9 @@ class Method(Protocol):
         says what its slow steps (statistics, templates) do; download fetches published key statistics."""
         ...
 
-    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: Any) -> Iterator[LM]:
-        """The model edited for each case, in order, each from the unedited lm (which is not changed). Work done
+    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: Any) -> Iterator[LM | RankOne]:
+        """The model edited for each case, in order, each from the unedited lm (which is not changed), or the
+        rank-one factors that edit it (the runner then scores those cases as rows of shared forwards). Work done
         for all cases together is done in this call; the rest as each model is taken."""
         ...
 
@@ -149,9 +151,9 @@ class Rome:
             stats = statistics_for(lm, hp, hp.layer, download=download, progress=progress)[hp.layer]
         return RomeContext(hp, stats)
 
-    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: RomeContext) -> Iterator[LM]:
+    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: RomeContext) -> Iterator[RankOne]:
         edits = rome.edit_each(lm, [c.request for c in cases], ctx.hparams, stats=ctx.stats, progress=False)
-        return (rome.apply(lm, e)[0] for e in edits)
+        return (e.rank_one for e in edits)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..interventions import Interventions
+from ..editing.undo import RankOne, row_edits
+from ..interventions import Interventions, RowEdits
 from ..models.config import ModelConfig
 from ..models.forward import forward_tokens
 from ..models.lm import LM
@@ -35,8 +36,9 @@ def target_token_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Arra
 
 
 @partial(jax.jit, static_argnums=0)
-def _token_scores(cfg: ModelConfig, params: dict, ids, mask, cols, targets):
-    return target_token_scores(forward_tokens(cfg, params, ids, mask, Interventions(), cols).logits, targets)
+def _token_scores(cfg: ModelConfig, params: dict, ids, mask, cols, targets, row_edits: RowEdits | None):
+    iv = Interventions(row_edits=row_edits)
+    return target_token_scores(forward_tokens(cfg, params, ids, mask, iv, cols).logits, targets)
 
 
 def target_ids(lm: LM, target: str) -> list[int]:
@@ -47,15 +49,22 @@ def target_ids(lm: LM, target: str) -> list[int]:
     return ids
 
 
-def token_scores(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def token_scores(
+    lm: LM, prompts: Sequence[str], targets: Sequence[str], edits: Sequence[RankOne | None] | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per (prompt, target) pair: each target token's log-prob and whether it is the argmax, given the prompt
     and the target's earlier tokens (prompt and target tokenised apart; the original reads the target's own
     tokens after the prompt's, see docs/evaluation.md).
 
-    Batches are padded to multiples of 8 tokens and of BATCH rows, so repeated calls reuse compiled code.
+    edits: per pair, the rank-one edit of lm it is scored on (None: lm itself), so that the pairs of several
+    edited models share forwards. Batches are padded to multiples of 8 tokens and of BATCH rows, so repeated
+    calls reuse compiled code.
     """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if edits is not None and len(edits) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(edits)} edits")
+    like = next((e for e in edits or () if e is not None), None)  # the edits' layers and shapes
     answers = [target_ids(lm, t) for t in targets]
     rows = [lm.tokenizer(p)["input_ids"] + a[:-1] for p, a in zip(prompts, answers, strict=True)]
     log_probs: list[np.ndarray] = []
@@ -72,7 +81,12 @@ def token_scores(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tupl
             ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
             cols[i, : len(a)] = np.arange(width - len(a), width)
             tgt[i, : len(a)] = a
-        picked, argmax_hits = (np.asarray(x) for x in _token_scores(lm.config, lm.params, ids, mask, cols, tgt))
+        per_row = None
+        if like is not None:
+            chunk_edits = list(edits[start : start + BATCH])
+            per_row = row_edits(chunk_edits + [None] * (BATCH - len(chunk_edits)), like)
+        scores = _token_scores(lm.config, lm.params, ids, mask, cols, tgt, per_row)
+        picked, argmax_hits = (np.asarray(x) for x in scores)
         log_probs += [picked[i, : len(a)].astype(np.float64) for i, a in enumerate(ans)]
         hits += [argmax_hits[i, : len(a)] for i, a in enumerate(ans)]
     return log_probs, hits
@@ -84,20 +98,65 @@ def score_targets(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tup
     return np.array([lp.mean() for lp in log_probs]), np.array([h.mean() for h in hits])
 
 
+def _counterfact_pairs(case) -> tuple[list[str], list[str]]:
+    """The original's test_batch_prediction pairs: per group and prompt, (prompt, new object), (prompt, true one)."""
+    prompts, targets = [], []
+    for group in GROUPS:
+        for i, prompt in enumerate(_group_prompts(case)[group]):
+            true = case.neighborhood_answers[i] if group == "neighborhood" else case.target_true
+            prompts += [prompt, prompt]
+            targets += [case.request.target_new, true]
+    return prompts, targets
+
+
+def _group_prompts(case) -> dict[str, list[str]]:
+    return {
+        "rewrite": [case.request.text],
+        "paraphrase": list(case.paraphrase_prompts),
+        "neighborhood": list(case.neighborhood_prompts),
+    }
+
+
+def _counterfact_nlls(case, log_probs: list[np.ndarray], _) -> dict[str, list[dict[str, float]]]:
+    nll = iter([-float(lp.mean()) for lp in log_probs])
+    return {g: [{"target_new": next(nll), "target_true": next(nll)} for _ in _group_prompts(case)[g]] for g in GROUPS}
+
+
+def _zsre_pairs(case) -> tuple[list[str], list[str]]:
+    prompts = [case.request.text, *case.paraphrase_prompts, *case.neighborhood_prompts]
+    targets = [case.request.target_new] * (1 + len(case.paraphrase_prompts)) + list(case.neighborhood_answers)
+    return prompts, targets
+
+
+def _zsre_correct(case, _, hits: list[np.ndarray]) -> dict[str, list[bool]]:
+    n_para = len(case.paraphrase_prompts)
+    flat = [[bool(x) for h in part for x in h] for part in (hits[:1], hits[1 : 1 + n_para], hits[1 + n_para :])]
+    return dict(zip(GROUPS, flat, strict=True))
+
+
+def case_probabilities(lm: LM, cases: Sequence, edits: Sequence[RankOne | None] | None = None) -> list[dict]:
+    """Each case's raw probability results — CounterFact: `counterfact_nlls`; zsRE: `zsre_correct` — with the
+    (prompt, target) pairs of all cases scored in shared forwards; case i on lm edited by edits[i] (None: lm)."""
+    edits = [None] * len(cases) if edits is None else list(edits)
+    if len(edits) != len(cases):
+        raise ValueError(f"{len(cases)} cases but {len(edits)} edits")
+    prompts, targets, per_pair, sizes = [], [], [], []
+    for case, e in zip(cases, edits, strict=True):
+        p, t = (_zsre_pairs if case.dataset == "zsre" else _counterfact_pairs)(case)
+        prompts, targets, per_pair, sizes = prompts + p, targets + t, per_pair + [e] * len(p), sizes + [len(p)]
+    log_probs, hits = token_scores(lm, prompts, targets, per_pair)
+    out, start = [], 0
+    for case, size in zip(cases, sizes, strict=True):
+        collect = _zsre_correct if case.dataset == "zsre" else _counterfact_nlls
+        out.append(collect(case, log_probs[start : start + size], hits[start : start + size]))
+        start += size
+    return out
+
+
 def counterfact_nlls(lm: LM, case) -> dict[str, list[dict[str, float]]]:
     """The original's test_batch_prediction for one case: per group (rewrite, paraphrase, neighbourhood) and
     prompt, the mean NLL of the new and of the true object, from one batched scoring."""
-    prompts = {"rewrite": [case.request.text], "paraphrase": case.paraphrase_prompts}
-    prompts["neighborhood"] = case.neighborhood_prompts
-    flat_prompts, flat_targets = [], []
-    for group in GROUPS:
-        for i, prompt in enumerate(prompts[group]):
-            true = case.neighborhood_answers[i] if group == "neighborhood" else case.target_true
-            flat_prompts += [prompt, prompt]
-            flat_targets += [case.request.target_new, true]
-    mean_lp, _ = score_targets(lm, flat_prompts, flat_targets)
-    nll = iter(-mean_lp)
-    return {g: [{"target_new": float(next(nll)), "target_true": float(next(nll))} for _ in prompts[g]] for g in GROUPS}
+    return case_probabilities(lm, [case])[0]
 
 
 def counterfact_case_scores(nlls: dict[str, list[dict[str, float]]]) -> dict[str, float]:
@@ -127,12 +186,7 @@ def counterfact_scores(lm: LM, case) -> dict[str, float]:
 def zsre_correct(lm: LM, case) -> dict[str, list[bool]]:
     """The original's zsRE check for one case: for each token of the new answer after the question and after its
     paraphrases, and of loc_ans after the neighbourhood question, whether it is the argmax (teacher forcing)."""
-    prompts = [case.request.text, *case.paraphrase_prompts, *case.neighborhood_prompts]
-    targets = [case.request.target_new] * (1 + len(case.paraphrase_prompts)) + list(case.neighborhood_answers)
-    _, hits = token_scores(lm, prompts, targets)
-    n_para = len(case.paraphrase_prompts)
-    flat = [[bool(x) for h in part for x in h] for part in (hits[:1], hits[1 : 1 + n_para], hits[1 + n_para :])]
-    return dict(zip(GROUPS, flat, strict=True))
+    return case_probabilities(lm, [case])[0]
 
 
 def zsre_case_scores(correct: dict[str, list[bool]]) -> dict[str, float]:

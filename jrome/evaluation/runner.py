@@ -12,11 +12,13 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..editing.undo import RankOne
 from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl, setting_diffs
 from ..models.lm import LM
 from ..views import Summary
@@ -24,7 +26,7 @@ from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
 from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
 from .methods import CONTEXT_FILE, get_method
-from .metrics import counterfact_case_scores, counterfact_nlls, zsre_case_scores, zsre_correct
+from .metrics import case_probabilities, counterfact_case_scores, zsre_case_scores
 
 # Summary columns named as in the paper, and the per-case field each averages.
 COLUMNS = {
@@ -38,21 +40,33 @@ COLUMNS = {
 SCORE_PARTS = {"counterfact": ("ES", "PS", "NS"), "zsre": ("efficacy", "paraphrase", "specificity")}
 
 
-def score_case(lm: LM, case: EditCase, max_out_len: int, seed: int, references: References | None) -> dict[str, Any]:
-    """Every metric the case's dataset defines for this model, with the raw numbers they come from (NLLs or
-    token hits, generated texts)."""
-    if case.dataset == "zsre":
-        correct = zsre_correct(lm, case)
-        return {"correct": correct, **zsre_case_scores(correct)}
-    nlls = counterfact_nlls(lm, case)
-    out: dict[str, Any] = {"nll": nlls, **counterfact_case_scores(nlls)}
-    if max_out_len and case.generation_prompts:
-        case_seed = int(np.random.SeedSequence([seed, case.case_id]).generate_state(1)[0])
-        texts = generate_texts(lm, case.generation_prompts, max_out_len, seed=case_seed)
-        out["texts"] = texts
-        out["generation_entropy"] = generation_entropy(texts)
-        if references is not None:
-            out["reference_score"] = references.score(texts, case.relation_id, case.target_new_id)
+def score_cases(
+    lm: LM,
+    cases: Sequence[EditCase],
+    max_out_len: int,
+    seed: int,
+    references: References | None,
+    edits: Sequence[RankOne | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every metric each case's dataset defines, with the raw numbers they come from (NLLs or token hits,
+    generated texts); case i on lm edited by edits[i] (None: lm itself). The probability metrics of all cases
+    run in shared forwards (the edits as per-row interventions); each case's generations on its edited model."""
+    edits = [None] * len(cases) if edits is None else list(edits)
+    out: list[dict[str, Any]] = []
+    for case, raw, e in zip(cases, case_probabilities(lm, cases, edits), edits, strict=True):
+        if case.dataset == "zsre":
+            out.append({"correct": raw, **zsre_case_scores(raw)})
+            continue
+        scores: dict[str, Any] = {"nll": raw, **counterfact_case_scores(raw)}
+        if max_out_len and case.generation_prompts:
+            case_seed = int(np.random.SeedSequence([seed, case.case_id]).generate_state(1)[0])
+            edited = lm if e is None else e.apply(lm)
+            texts = generate_texts(edited, case.generation_prompts, max_out_len, seed=case_seed)
+            scores["texts"] = texts
+            scores["generation_entropy"] = generation_entropy(texts)
+            if references is not None:
+                scores["reference_score"] = references.score(texts, case.relation_id, case.target_new_id)
+        out.append(scores)
     return out
 
 
@@ -199,31 +213,45 @@ def run_eval(
     records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
     todo = [c for c in cases if c.case_id not in done]
     with tqdm(total=len(cases), initial=len(records), desc=f"{method} on {cases[0].dataset if cases else dataset}", disable=not progress) as bar:  # fmt: skip
+
+        def finish(case: EditCase, pre: dict, post: dict, edit_seconds: float, score_seconds: float) -> None:
+            record = {
+                "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
+                "seconds": {"edit": edit_seconds, "score": score_seconds},
+            }  # fmt: skip
+            if folder is not None:
+                append_jsonl(folder / "cases.jsonl", record)
+            records[case.case_id] = record
+            bar.update()
+
         for first in range(0, len(todo), batch):
             chunk = todo[first : first + batch]
             start = time.perf_counter()
-            pres = [
-                reused[c.case_id] if c.case_id in reused else score_case(lm, c, max_out_len, seed, references)
-                for c in chunk
-            ]
+            fresh = [c for c in chunk if c.case_id not in reused]
+            new = iter(score_cases(lm, fresh, max_out_len, seed, references) if fresh else [])
+            pres = [reused[c.case_id] if c.case_id in reused else next(new) for c in chunk]
             scored = (time.perf_counter() - start) / len(chunk)
             start = time.perf_counter()
             models = editor.edit_each(lm, chunk, ctx)
             shared = (time.perf_counter() - start) / len(chunk)
+            factored = []  # rank-one edits: scored together after the loop, as rows of shared forwards
             for case, pre in zip(chunk, pres, strict=True):
                 start = time.perf_counter()
                 edited = next(models)
                 edit_seconds = shared + time.perf_counter() - start
+                if isinstance(edited, RankOne):
+                    factored.append((case, pre, edited, edit_seconds))
+                    continue
                 start = time.perf_counter()
-                post = pre if edited is lm else score_case(edited, case, max_out_len, seed, references)
-                record = {
-                    "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
-                    "seconds": {"edit": edit_seconds, "score": scored + time.perf_counter() - start},
-                }  # fmt: skip
-                if folder is not None:
-                    append_jsonl(folder / "cases.jsonl", record)
-                records[case.case_id] = record
-                bar.update()
+                post = pre if edited is lm else score_cases(edited, [case], max_out_len, seed, references)[0]
+                finish(case, pre, post, edit_seconds, scored + time.perf_counter() - start)
+            if factored:
+                start = time.perf_counter()
+                edits = [e for _, _, e, _ in factored]
+                posts = score_cases(lm, [c for c, *_ in factored], max_out_len, seed, references, edits)
+                each = (time.perf_counter() - start) / len(factored)
+                for (case, pre, _, edit_seconds), post in zip(factored, posts, strict=True):
+                    finish(case, pre, post, edit_seconds, scored + each)
     records = [records[c.case_id] for c in cases]
     if reused:
         notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")

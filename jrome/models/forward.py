@@ -195,6 +195,8 @@ def block(
         h = h + joins
         m_in = norm(cfg, p["norm_mlp"], h)
     out, key = mlp(cfg, p["mlp"], m_in)
+    if iv.row_edits is not None:  # part of the (edited) weights, so before any patch of the MLP output
+        out = iv.row_edits.add_into(layer, key, out)
     if iv.mlp is not None:
         out = iv.mlp.overwrite(layer, cols, out)
     if iv.mlp_add is not None:
