@@ -27,7 +27,7 @@ from .keys import grouped_key, read_at_fact
 from .requests import Request, parse_requests
 from .stats import KeyStats, statistics_for
 from .templates import memit_templates, template_groups
-from .undo import Undo, add_to_layer, down_kernel, with_down_kernel
+from .undo import RankOne, Undo, add_to_layer, down_kernel, with_down_kernel
 from .vsearch import search
 
 
@@ -37,12 +37,30 @@ class MemitUpdate:
 
     layer: int
     requests: tuple[Request, ...]
-    delta: np.ndarray  # [F, D] added to the layer's output kernel
+    left: np.ndarray  # [F, N] (λ C + K Kᵀ)⁻¹ K
+    share: np.ndarray  # [N, D] each fact's share of its remaining change at this layer
     keys: np.ndarray  # [N, F] template-averaged keys at this layer when it was updated
     targets: np.ndarray  # [N, D] the residual targets z at the last edited layer
     losses: np.ndarray | None  # [N, steps, 4] the v* objective of each fact (total, nll, kl, weight decay)
     old_kernel: jax.Array
     seconds: float  # since the first layer's update began
+
+    @property
+    def delta(self) -> np.ndarray:
+        """[F, D] the change added to the layer's output kernel."""
+        return self.left @ self.share
+
+
+def rank_one(undo: Undo) -> RankOne:
+    """The factors of a one-fact MEMIT edit: each layer's change is then rank one, (λC + kkᵀ)⁻¹k times the
+    fact's share (so such edits can be scored as rows of one forward, as ROME's are)."""
+    if any(u.left.shape[1] != 1 for u in undo.edits):
+        raise ValueError("rank_one takes a MEMIT edit of one fact; an edit of N facts has rank N at each layer")
+    return RankOne(
+        tuple(u.layer for u in undo.edits),
+        np.stack([u.left[:, 0] for u in undo.edits]),
+        np.stack([u.share[0] for u in undo.edits]),
+    )
 
 
 def resolve_hparams(lm: LM, hparams: MemitHparams | dict | None) -> MemitHparams:
@@ -108,12 +126,12 @@ def spread(
         now = read_at_fact(current, prompts, subjects, hp.layers[-1], hp.fact_token, site="resid")
         share = (z - now) / (len(hp.layers) - i)
         c = stats[layer].covariance
-        delta_w = np.linalg.solve(hp.mom2_update_weight * c + keys.T @ keys, keys.T) @ share  # [F, D]
+        left = np.linalg.solve(hp.mom2_update_weight * c + keys.T @ keys, keys.T)  # [F, N]
         old = down_kernel(current.params)[layer]
-        kernel = add_to_layer(down_kernel(current.params), layer, delta_w)
+        kernel = add_to_layer(down_kernel(current.params), layer, left @ share)
         current = current.replace(params=with_down_kernel(current.params, kernel))
         seconds = time.perf_counter() - start
-        edits.append(MemitUpdate(layer, tuple(reqs), delta_w, keys, z, losses, old, seconds))
+        edits.append(MemitUpdate(layer, tuple(reqs), left, share, keys, z, losses, old, seconds))
     return current, Undo(tuple(edits))
 
 

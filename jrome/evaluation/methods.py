@@ -190,12 +190,12 @@ class Memit:
         hp = MemitHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
         return MemitContext(hp, statistics_for(lm, hp, hp.layers, download=download, progress=progress))
 
-    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: MemitContext) -> Iterator[LM]:
+    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: MemitContext) -> Iterator[RankOne]:
         reqs, target_ids = parse_requests(lm, [c.request for c in cases], "MEMIT")
         groups = memit.context_groups(lm, ctx.hparams)
         z, losses = memit.targets(lm, reqs, target_ids, ctx.hparams, groups)
         return (
-            memit.spread(lm, [r], z[i : i + 1], ctx.hparams, ctx.stats, groups, losses[i : i + 1])[0]
+            memit.rank_one(memit.spread(lm, [r], z[i : i + 1], ctx.hparams, ctx.stats, groups, losses[i : i + 1])[1])
             for i, r in enumerate(reqs)
         )
 
