@@ -110,6 +110,7 @@ def _counterfact_pairs(case) -> tuple[list[str], list[str]]:
 
 
 def _group_prompts(case) -> dict[str, list[str]]:
+    """A CounterFact case's prompts per group, in the original's order."""
     return {
         "rewrite": [case.request.text],
         "paraphrase": list(case.paraphrase_prompts),
@@ -118,17 +119,20 @@ def _group_prompts(case) -> dict[str, list[str]]:
 
 
 def _counterfact_nlls(case, log_probs: list[np.ndarray], _) -> dict[str, list[dict[str, float]]]:
+    """The mean NLL of each pair of `_counterfact_pairs`, back in their groups."""
     nll = iter([-float(lp.mean()) for lp in log_probs])
     return {g: [{"target_new": next(nll), "target_true": next(nll)} for _ in _group_prompts(case)[g]] for g in GROUPS}
 
 
 def _zsre_pairs(case) -> tuple[list[str], list[str]]:
+    """A zsRE case's pairs: the question and each paraphrase with the new answer, each neighbour with its own."""
     prompts = [case.request.text, *case.paraphrase_prompts, *case.neighborhood_prompts]
     targets = [case.request.target_new] * (1 + len(case.paraphrase_prompts)) + list(case.neighborhood_answers)
     return prompts, targets
 
 
 def _zsre_correct(case, _, hits: list[np.ndarray]) -> dict[str, list[bool]]:
+    """The argmax hits of each pair of `_zsre_pairs`, flattened per group."""
     n_para = len(case.paraphrase_prompts)
     flat = [[bool(x) for h in part for x in h] for part in (hits[:1], hits[1 : 1 + n_para], hits[1 + n_para :])]
     return dict(zip(GROUPS, flat, strict=True))
