@@ -101,8 +101,9 @@ def score_targets(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> tup
 def _counterfact_pairs(case) -> tuple[list[str], list[str]]:
     """The original's test_batch_prediction pairs: per group and prompt, (prompt, new object), (prompt, true one)."""
     prompts, targets = [], []
+    groups = _group_prompts(case)
     for group in GROUPS:
-        for i, prompt in enumerate(_group_prompts(case)[group]):
+        for i, prompt in enumerate(groups[group]):
             true = case.neighborhood_answers[i] if group == "neighborhood" else case.target_true
             prompts += [prompt, prompt]
             targets += [case.request.target_new, true]
