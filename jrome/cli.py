@@ -94,12 +94,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .data import data_path
     from .editing import edit, hparams_for
     from .editing.stats import statistics_for
+    from .evaluation.methods import get_method
     from .generation import generate
     from .models.loading import load, param_count
     from .plots import plot_trace
     from .tokens import spaced
     from .tracing import KINDS, corrupt_and_clean, noise_std, restore
 
+    overrides = dict(args.hparam) | {"mom2_n_tokens": args.stats_tokens}
+    get_method("rome").check_overrides(overrides)  # before the model loads
     out = Path(args.out)
     prompt, subject, target = "The Eiffel Tower is located in the city of", "The Eiffel Tower", "Rome"
     checks = {"prompt": prompt, "paraphrase": "The Eiffel Tower is in the heart of", "neighbour": "The Louvre is located in the city of"}  # fmt: skip
@@ -144,10 +147,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  {kind:6s} {time.perf_counter() - t0:5.1f}s  strongest: token {result.tokens[token]!r} layer {layer} p={result.scores.max():.3f} -> {path}"
         )
 
-    hp = hparams_for(lm.name, cfg.family).override(mom2_n_tokens=args.stats_tokens)
+    hp = hparams_for(lm.name, cfg.family).override(**overrides)
     try:
-        stats = statistics_for(lm, hp, hp.layer)[hp.layer]  # the published file where there is one, else computed
-        step(f"key statistics at layer {hp.layer}: {stats.count} tokens of {stats.corpus} (cached for next time)")
+        if not hp.mom2_adjustment:
+            stats = None
+            step("key statistics: not used (mom2_adjustment=false), so C = I")
+        else:  # the published file where there is one, else computed
+            stats = statistics_for(lm, hp, hp.layer)[hp.layer]
+            step(f"key statistics at layer {hp.layer}: {stats.count} tokens of {stats.corpus} (cached for next time)")
     except FileNotFoundError:
         stats, hp = None, hp.override(mom2_adjustment=False)
         step(
@@ -460,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=count(), default=10, help="noise samples of the trace (>= 1)")
     p.add_argument("--stats-tokens", type=count(), default=20_000, help="wikitext-2 tokens of key statistics (>= 1)")
     p.add_argument("--tokens", type=count(), default=16, help="tokens generated before and after the edit (>= 1)")
+    hparam_arg(p)
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("predict", formatter_class=_Help, help="top next-token predictions for prompts")

@@ -22,7 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/cli.md")
 # Appended to a documented command so that it runs in seconds; argparse keeps the last value of an option.
 SMALL = {
-    "demo": ["--samples", "3", "--stats-tokens", "20000", "--tokens", "8"],
+    "demo": [
+        "--samples",
+        "3",
+        "--stats-tokens",
+        "20000",
+        "--tokens",
+        "8",
+        "--hparam",
+        "context_template_length_params=[[5,3]]",
+    ],
     "trace": ["--samples", "2"],
     "trace-dataset": ["--samples", "2", "--n", "2"],
     "edit": ["--stats-tokens", "20000", "--hparam", "context_template_length_params=[[5,3]]"],
