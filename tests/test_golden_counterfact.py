@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import data_file, golden_file
+from conftest import data_file, golden_file, one_worker
 
 from jrome.editing import rome
 from jrome.evaluation.datasets import parse_counterfact
-from jrome.evaluation.metrics import counterfact_case_scores, counterfact_nlls
+from jrome.evaluation.metrics import case_probabilities, counterfact_case_scores
 from jrome.evaluation.runner import summarise
+
+pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
 
 GROUPS = ("rewrite", "paraphrase", "neighborhood")
 
@@ -19,18 +21,17 @@ GROUPS = ("rewrite", "paraphrase", "neighborhood")
 def golden_and_ours(smollm2, golden_rome, golden_hparams):
     """The golden records, and jrome's NLLs for the same cases before and after jrome's ROME edit with the golden
     layer, templates and C (each case edited from the unedited model, as the original's evaluation does; the v*
-    searches batched)."""
+    searches batched), scored as `jrome eval` scores them: the cases' prompts in shared forwards, each edited case
+    on rows that carry its edit."""
     golden = json.loads(golden_file("counterfact_smollm2_rome_L4.json").read_text())
     assert (golden["layer"], tuple(golden["templates"])) == (golden_hparams.layer, golden_hparams.context_templates)
     records = json.loads(data_file("counterfact/counterfact-edit.json").read_text())[: golden["n"]]
     cases = parse_counterfact(records)
     assert [c.case_id for c in cases] == [g["case_id"] for g in golden["cases"]]
     edits = rome.edit_each(smollm2, [c.request for c in cases], golden_hparams, stats=golden_rome["arrays"]["C"])
-    ours = []
-    for case, e in zip(cases, edits, strict=True):
-        edited, _ = rome.apply(smollm2, e)
-        ours.append({"pre": counterfact_nlls(smollm2, case), "post": counterfact_nlls(edited, case)})
-    return golden, ours
+    pre = case_probabilities(smollm2, cases)
+    post = case_probabilities(smollm2, cases, [e.rank_one for e in edits])
+    return golden, [{"pre": a, "post": b} for a, b in zip(pre, post, strict=True)]
 
 
 @pytest.mark.slow
