@@ -171,12 +171,24 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
 
 
+# The files whose tests take longest, longest first: they start first, so the two workers (pytest-xdist) finish
+# together instead of one running a long file alone at the end.
+FIRST = ("test_notebooks.py", "test_memit.py", "test_golden_counterfact.py", "test_golden_trace.py", "test_docs.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs the real SmolLM2 (directly or through a fixture) is marked slow: `-m "not slow"` is the
-    quick loop."""
+    quick loop. The longest files run first (FIRST); the others keep their order."""
     for item in items:
         if "smollm2" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
+
+
+def one_worker(module: str) -> pytest.MarkDecorator:
+    """`pytestmark = one_worker(__name__)` keeps a file's tests on one pytest-xdist worker (--dist loadgroup), for a
+    file whose module-scoped fixture is too costly to compute on both."""
+    return pytest.mark.xdist_group(module)
 
 
 @pytest.fixture(scope="session")
@@ -203,7 +215,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Key statistics and other caches go to a fresh folder, so tests never read a cache they did not write.
+    """Key statistics and other caches go to a fresh folder, so tests never read a cache their run did not write.
 
     Compiled XLA programs are kept between sessions (JAX's persistent cache, keyed by the program and the JAX
     version, in $JAX_COMPILATION_CACHE_DIR or ~/.cache/jrome/xla-tests) and shared with the subprocesses the tests
@@ -211,7 +223,12 @@ def private_cache(tmp_path_factory):
     """
     import jax
 
-    os.environ["JROME_CACHE_DIR"] = str(tmp_path_factory.mktemp("jrome-cache"))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers of one run share it (files are written atomically)
+        root = root.parent
+    shared = root / "jrome-cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["JROME_CACHE_DIR"] = str(shared)
     compiled = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/jrome/xla-tests"))
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the many small programs add up too
     jax.config.update("jax_compilation_cache_dir", compiled)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import chex
 import numpy as np
 import pytest
-from conftest import data_file
+from conftest import data_file, one_worker
 
 from jrome.editing import MemitHparams, key_statistics, load_preset, memit
 from jrome.editing.templates import MEMIT_STARTERS
 from jrome.editing.undo import down_kernel
 from jrome.evaluation import load_dataset
 from jrome.evaluation.metrics import score_targets
+
+pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
 
 
 @pytest.fixture(scope="module")

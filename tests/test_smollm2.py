@@ -7,11 +7,13 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import data_file
+from conftest import data_file, one_worker
 
 import jrome
 from jrome.generation import generate
 from jrome.models.loading import embedded_path
+
+pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
 
 PROMPT = "The Eiffel Tower is located in the city of"
 

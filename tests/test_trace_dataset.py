@@ -7,11 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import data_file
+from conftest import data_file, one_worker
 
 import jrome.tracing.dataset as dataset
 from jrome.data import load_known
 from jrome.tracing.dataset import summarise, token_categories, trace_dataset
+
+pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
 
 
 def test_token_categories():

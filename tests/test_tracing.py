@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import data_file
+from conftest import data_file, one_worker
 
 import jrome
 from jrome import Interventions, Patch
 from jrome.tracing import corrupt_and_clean, noise_scale, noise_std, restore, trace
 from jrome.tracing.reference import reference_scores, restoration_prob
+
+pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
 
 VARIANTS = [("hidden", None), ("mlp", None), ("attn", None), ("hidden", "mlp"), ("hidden", "attn")]
 TINY_PROMPT, TINY_SUBJECT = "a famous old museum the eiffel tower is located in the city of", "the eiffel tower"
