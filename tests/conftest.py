@@ -17,6 +17,18 @@ GOLDEN_DIR = Path(os.environ.get("JROME_GOLDEN_DIR", SHARED / "golden")).resolve
 os.environ["JROME_DATA_DIR"] = str(DATA_DIR)  # the library, subprocesses and notebook kernels read the same folder
 
 
+def _one_core_per_worker() -> None:
+    """With as many pytest-xdist workers as cores, each worker (and what it starts) runs on a core of its own, so
+    XLA sizes its thread pool to one thread and two workers' parallel ops never wait on each other's threads."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker and cores and count >= len(cores):
+        os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
+
+
+_one_core_per_worker()  # before JAX starts its CPU backend
+
+
 def _required(path: Path, what: str) -> Path:
     """path if it exists; else skipped, unless JROME_REQUIRE_DATA=1 (CI) makes a missing file a failure."""
     if not path.is_file():

@@ -22,21 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/cli.md")
 # Appended to a documented command so that it runs in seconds; argparse keeps the last value of an option.
 SMALL = {
-    "demo": [
-        "--samples",
-        "3",
-        "--stats-tokens",
-        "20000",
-        "--tokens",
-        "8",
-        "--hparam",
-        "context_template_length_params=[[5,3]]",
-    ],
-    "trace": ["--samples", "2"],
-    "trace-dataset": ["--samples", "2", "--n", "2"],
+    "demo": ["--samples", "1", "--stats-tokens", "20000", "--tokens", "8", "--hparam", "context_template_length_params=[[5,3]]"],
+    "trace": ["--samples", "1"],
+    "trace-dataset": ["--samples", "1", "--n", "2"],
     "edit": ["--stats-tokens", "20000", "--hparam", "context_template_length_params=[[5,3]]"],
     "eval": ["--stats-tokens", "20000", "--n", "1", "--hparam", "context_template_length_params=[[5,3]]"],
-}
+}  # fmt: skip
 
 
 def documented_commands() -> list[tuple[str, dict[str, str], list[str]]]:
