@@ -16,7 +16,7 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "colab").glob("*.ipynb"))
 SMALLEST = {
     "JROME_MODEL": "smollm2", "JROME_NOTEBOOK_SAMPLES": "1", "JROME_NOTEBOOK_FACTS": "4", "JROME_NOTEBOOK_CASES": "1",
-    "JROME_NOTEBOOK_ROME_HPARAMS": '{"context_template_length_params": [[5, 3]]}',  # 4 context templates, not 20
+    "JROME_NOTEBOOK_ROME_HPARAMS": '{"context_template_length_params": [[5, 3]]}',  # 4 context templates, not 21
 }  # fmt: skip
 
 
