@@ -11,6 +11,7 @@ from pathlib import Path
 
 import chex
 import gguf
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -143,6 +144,19 @@ def test_bfloat16(tiny_dir, rng):
     assert 0 < err < 0.05 * np.abs(logits32).max()
 
 
+def test_float64_needs_jax_64_bit_mode_and_then_computes_in_float64(tiny_dir, rng):
+    with pytest.raises(ValueError, match="dtype float64 needs JAX's 64-bit mode"):
+        jrome.load(tiny_dir("llama"), dtype="float64")
+    ids = rng.integers(0, 96, size=(1, 10))
+    with jax.enable_x64(True):
+        lm64 = jrome.load(tiny_dir("llama"), dtype="float64")
+        logits64 = jrome.forward(lm64, ids).logits
+    assert lm64.dtype == jnp.float64 and logits64.dtype == jnp.float64
+    logits32 = np.asarray(jrome.forward(jrome.load(tiny_dir("llama")), ids).logits)
+    err = np.abs(np.asarray(logits64) - logits32).max()
+    assert 0 < err < 1e-4 * np.abs(logits32).max()  # the same model, without float32's rounding
+
+
 def test_hub_id_is_resolved_through_the_hub_cache(tiny_dir, tmp_path):
     """Offline, a hub id resolves to the local Hugging Face cache; a missing one is a clear error."""
     repo = tmp_path / "hub" / "models--jrome-test--tiny-gpt2"
@@ -231,9 +245,9 @@ def test_not_a_gguf_file(tmp_path):
         jrome.load(tmp_path / "x.gguf")
 
 
-@pytest.mark.parametrize("dtype", ["float64", "fp32", "int8"])
+@pytest.mark.parametrize("dtype", ["float16", "fp32", "int8"])
 def test_wrong_dtype_string(tiny_dir, dtype):
-    with pytest.raises(ValueError, match=f"dtype '{dtype}' is not supported; accepted: float32, bfloat16"):
+    with pytest.raises(ValueError, match=f"dtype '{dtype}' is not supported; accepted: float32, bfloat16, float64"):
         jrome.load(tiny_dir("gpt2"), dtype=dtype)
 
 

