@@ -304,8 +304,21 @@ def golden_hparams(golden_rome):
 
 @pytest.fixture(scope="session")
 def eiffel_edit(smollm2, golden_rome, golden_hparams):
-    """The one Eiffel Tower → Rome edit the tests share: jrome.rome.edit with the golden settings and C."""
-    return jrome.rome.edit(smollm2, golden_rome["request"], golden_hparams, stats=golden_rome["arrays"]["C"])
+    """The one Eiffel Tower → Rome edit the tests share: jrome.rome.edit with the golden settings and C. Computed
+    once per run: the first pytest-xdist worker to need it writes its Edit record to the run's shared cache
+    folder (under a lock), and the other applies that record to its own SmolLM2 (`rome.apply`, as `edit` does)."""
+    import dataclasses
+    import fcntl
+    import pickle
+
+    record = Path(os.environ["JROME_CACHE_DIR"]) / "eiffel_edit.pickle"
+    with open(record.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.exists():
+            return jrome.rome.apply(smollm2, pickle.loads(record.read_bytes()))
+        new, undo = jrome.rome.edit(smollm2, golden_rome["request"], golden_hparams, stats=golden_rome["arrays"]["C"])
+        record.write_bytes(pickle.dumps(dataclasses.replace(undo.edits[0], old_kernel=None)))  # apply sets it
+        return new, undo
 
 
 @pytest.fixture
