@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import jrome
+from jrome.files import atomic_write_bytes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA_DIR = Path(os.environ.get("JROME_DATA_DIR", SHARED / "data")).resolve()
@@ -317,7 +318,7 @@ def eiffel_edit(smollm2, golden_rome, golden_hparams):
         if record.exists():
             return jrome.rome.apply(smollm2, pickle.loads(record.read_bytes()))
         new, undo = jrome.rome.edit(smollm2, golden_rome["request"], golden_hparams, stats=golden_rome["arrays"]["C"])
-        record.write_bytes(pickle.dumps(dataclasses.replace(undo.edits[0], old_kernel=None)))  # apply sets it
+        atomic_write_bytes(record, pickle.dumps(dataclasses.replace(undo.edits[0], old_kernel=None)))  # apply sets it
         return new, undo
 
 

