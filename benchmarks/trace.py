@@ -26,7 +26,7 @@ from common import machine  # noqa: E402
 import jrome  # noqa: E402
 from jrome.tracing import corrupt_and_clean, restore, window_bounds  # noqa: E402
 from jrome.tracing.reference import reference_scores, restoration_prob  # noqa: E402
-from jrome.tracing.schedule import plan_layers, plan_rows  # noqa: E402
+from jrome.tracing.schedule import bucket, bucket_rows, plan_layers, plan_rows  # noqa: E402
 
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
 
@@ -40,9 +40,10 @@ def layer_flops(cfg, keys: int) -> float:
 def flops(cfg, n_tokens: int, first: int, samples: int, kind: str) -> tuple[float, float]:
     """(packed program, one full forward per restoration) model FLOPs for every restoration of a trace."""
     head = 2 * cfg.d_model * cfg.vocab_size
-    plan, rows = plan_layers(cfg.n_layers, kind, 10, None), plan_rows(n_tokens, first)
+    rows = plan_rows([(n_tokens, range(first, n_tokens))], *bucket_rows(bucket(n_tokens)))
+    plan = plan_layers(cfg.n_layers, kind, 10, None)
     lanes = plan.layer.shape[0]
-    packed = lanes * plan.steps * rows.cols.size * samples * layer_flops(cfg, n_tokens + rows.cols.shape[1])
+    packed = lanes * int(plan.steps) * rows.cols.size * samples * layer_flops(cfg, n_tokens + rows.cols.shape[1])
     packed += lanes * 2 * rows.seg_start.size * samples * head
     restorations = n_tokens * cfg.n_layers
     full = restorations * samples * n_tokens * (cfg.n_layers * layer_flops(cfg, n_tokens) + head)
@@ -113,9 +114,9 @@ def main() -> None:
     runs = corrupt_and_clean(lm, PROMPT, SUBJECT, samples=10, noise="s3", seed=0)
     n_tokens = len(runs.ids)
     print(
-        f"prompt: {PROMPT!r} ({n_tokens} tokens), subject tokens {runs.span}, 10 samples, noise scale {runs.noise_scale:.4f}"
+        f"prompt: {PROMPT!r} ({n_tokens} tokens), subject tokens {runs.subject_range}, 10 samples, noise scale {runs.noise_scale:.4f}"
     )
-    print(f"p(answer={lm.tokenizer.decode([runs.answer_id])!r}): clean {runs.high:.4f}, corrupted {runs.low:.4f}\n")
+    print(f"p(answer={lm.tokenizer.decode([runs.answer_id])!r}): clean {runs.high_score:.4f}, corrupted {runs.low_score:.4f}\n")
     model = None
     if args.torch:
         import torch
@@ -132,7 +133,7 @@ def main() -> None:
         start = time.perf_counter()
         loop = reference_scores(lm, runs, kind)
         loop_steady = time.perf_counter() - start
-        packed, full = flops(lm.config, n_tokens, runs.span[0], 10, kind)
+        packed, full = flops(lm.config, n_tokens, runs.subject_range[0], 10, kind)
         diff = np.abs(fast - loop).max()
         line = (
             f"{kind:6s} | {first - steady:7.2f} s {steady:7.2f} s | {loop_compile:10.2f} s {loop_steady:7.2f} s | "
@@ -140,7 +141,7 @@ def main() -> None:
         )
         if model is not None:
             start = time.perf_counter()
-            ref = torch_hook_trace(model, runs.ids, np.asarray(runs.embed_add), runs.answer_id, kind)
+            ref = torch_hook_trace(model, runs.ids, np.asarray(runs.view("embed_add")), runs.answer_id, kind)
             torch_s = time.perf_counter() - start
             line += f" | {torch_s:9.2f} s {torch_s / steady:5.2f}x {np.abs(ref - fast).max():8.1e}"
         print(line, flush=True)

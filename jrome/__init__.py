@@ -1,6 +1,6 @@
 """jrome: locate facts in a language model with causal tracing, and rewrite them with ROME — in JAX."""
 
-from . import editing, tracing
+from . import compilation, editing, tracing
 from .editing import memit, rome
 from .interventions import CAPTURES, Interventions, Patch, RowEdits
 from .models import LM, ForwardOutput, ModelConfig, export_hf, forward, load, save
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAPTURES",
+    "compilation",
     "editing",
     "export_hf",
     "memit",

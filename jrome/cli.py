@@ -131,7 +131,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"causal trace of {prompt!r}, subject {subject!r}: {args.samples} noise samples, scale {scale:.3f} (3 sd over {source})"
     )
     runs = corrupt_and_clean(lm, prompt, subject, samples=args.samples, noise=scale)
-    summary["trace"] = {"answer": lm.tokenizer.decode([runs.answer_id]), "high_score": runs.high, "low_score": runs.low}
+    summary["trace"] = {
+        "answer": lm.tokenizer.decode([runs.answer_id]),
+        "high_score": runs.high_score,
+        "low_score": runs.low_score,
+    }
     pictures = []
     for kind in KINDS:
         t0 = time.perf_counter()
@@ -234,8 +238,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         uniform=args.uniform, replace=args.replace, answer=args.answer,
     )  # fmt: skip
     print(
-        f"answer {lm.tokenizer.decode([runs.answer_id])!r}: p clean {runs.high:.4f}, corrupted {runs.low:.4f} "
-        f"(subject tokens {runs.span[0]}..{runs.span[1] - 1}, noise scale {runs.noise_scale:.4f})"
+        f"answer {lm.tokenizer.decode([runs.answer_id])!r}: p clean {runs.high_score:.4f}, corrupted {runs.low_score:.4f} "
+        f"(subject tokens {runs.subject_range[0]}..{runs.subject_range[1] - 1}, noise scale {runs.noise_scale:.4f})"
     )
     results, written = {}, []
     for kind in kinds:

@@ -51,7 +51,7 @@ def main(model_dir: str, data: int, model: int) -> None:
     prompt, subject = "the eiffel tower is located in the city of", "the eiffel tower"
     runs_a = corrupt_and_clean(one, prompt, subject, samples=4, noise=0.5, answer=" paris")
     runs_b = corrupt_and_clean(many, prompt, subject, samples=4, noise=0.5, answer=" paris")
-    out["trace_low_high"] = max(abs(runs_a.low - runs_b.low), abs(runs_a.high - runs_b.high))
+    out["trace_low_high"] = max(abs(runs_a.low_score - runs_b.low_score), abs(runs_a.high_score - runs_b.high_score))
     for kind in ("hidden", "mlp", "attn"):
         out[f"trace_{kind}"] = diff(restore(one, runs_a, kind, chunk=1).scores, restore(many, runs_b, kind).scores)
     out["trace_severed"] = diff(restore(one, runs_a, sever="mlp").scores, restore(many, runs_b, sever="mlp").scores)

@@ -119,7 +119,7 @@ def check_trace(argv, out, err, folder):
     kinds = ["hidden", "mlp", "attn"] if option(argv, "--kind") == "all" else [option(argv, "--kind")]
     result = json.loads((folder / option(argv, "--json")).read_text())
     assert sorted(result) == sorted(kinds)
-    fields = {"scores", "low_score", "high_score", "answer", "tokens", "subject_range", "kind", "window", "noise_std"}
+    fields = {"scores", "low_score", "high_score", "answer", "tokens", "subject_range", "kind", "window", "noise_scale"}
     for kind, r in result.items():
         assert fields <= set(r) and r["kind"] == kind and len(r["scores"]) == len(r["tokens"]) == 10
         assert r["answer"] == " Paris" and r["high_score"] > r["low_score"]

@@ -14,7 +14,7 @@ def make_result(kind: str, sever: str | None = None) -> TraceResult:
     return TraceResult(
         prompt="The Space Needle is in", subject="Space Needle", kind=kind, scores=scores, low_score=0.01,
         high_score=0.7, answer=" Seattle", answer_id=1, tokens=["The", " Space", " Need", "le", " is"],
-        subject_range=(1, 4), window=10, noise_std=0.1, samples=10, seed=0, uniform=False, replace=False, sever=sever,
+        subject_range=(1, 4), window=10, noise_scale=0.1, samples=10, seed=0, uniform=False, replace=False, sever=sever,
     )  # fmt: skip
 
 

@@ -30,14 +30,14 @@ TINY_PROMPT, TINY_SUBJECT = "a famous old museum the eiffel tower is located in 
 def test_packed_trace_equals_a_loop_of_full_forwards_on_tiny_models(tiny_lm, family, chunks):
     lm = tiny_lm(family)
     runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=1.0)
-    assert runs.span == (4, 7)  # the subject does not start the prompt, so earlier tokens are skipped
+    assert runs.subject_range == (4, 7)  # the subject does not start the prompt, so earlier tokens are skipped
     for kind, sever in VARIANTS:
         ref = reference_scores(lm, runs, kind, window=2, sever=sever)
         for chunk in chunks:  # 1: one lane at a time (the CPU default); 2: lanes vmapped in pairs
             fast = restore(lm, runs, kind, window=2, sever=sever, chunk=chunk)
             np.testing.assert_allclose(fast.scores, ref, atol=1e-5, err_msg=f"{kind} sever={sever} chunk={chunk}")
-        assert np.ptp(ref[runs.span[0] :]) > 1e-3, (kind, sever)  # the grid is not flat: restorations matter
-        np.testing.assert_allclose(ref[: runs.span[0]], runs.low, atol=1e-6)  # tokens before the subject: no effect
+        assert np.ptp(ref[runs.subject_range[0] :]) > 1e-3, (kind, sever)  # the grid is not flat: restorations matter
+        np.testing.assert_allclose(ref[: runs.subject_range[0]], runs.low_score, atol=1e-6)  # tokens before the subject: no effect
 
 
 def test_token_range_restores_only_the_tokens_asked_for(tiny_lm):
@@ -59,12 +59,12 @@ def test_token_range_restores_only_the_tokens_asked_for(tiny_lm):
 def test_replace_sets_the_subject_token_embeddings_to_the_noise_and_keeps_positions(tiny_lm):
     lm = tiny_lm("gpt2")  # learned position embeddings, added after the token embeddings
     runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=2, noise=0.5, seed=3, replace=True)
-    start, end = runs.span
+    start, end = runs.subject_range
     noise = (0.5 * np.random.RandomState(3).randn(2, end - start, lm.config.d_model)).astype(np.float32)
     positions = np.asarray(lm.params["embed"]["positions"])[start:end]
-    corrupted = np.asarray(runs.corrupt["inputs"][0])  # [samples, T, D], the input of layer 0
+    corrupted = np.asarray(runs.view("corrupt_inputs")[0])  # [samples, T, D], the input of layer 0
     np.testing.assert_allclose(corrupted[:, start:end], noise + positions, atol=1e-6)
-    np.testing.assert_allclose(corrupted[:, :start], np.asarray(runs.clean["inputs"][0])[None, :start].repeat(2, 0))
+    np.testing.assert_allclose(corrupted[:, :start], np.asarray(runs.view("clean_inputs")[0])[None, :start].repeat(2, 0))
 
 
 def test_noise_is_numpys_randomstate_draw_as_in_the_original(tiny_lm):
@@ -72,14 +72,14 @@ def test_noise_is_numpys_randomstate_draw_as_in_the_original(tiny_lm):
     start, end = 4, 7
     runs = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=0.5)  # seed 1 by default
     want = (0.5 * np.random.RandomState(1).randn(3, end - start, lm.config.d_model)).astype(np.float32)
-    added = np.asarray(runs.embed_add)
+    added = np.asarray(runs.view("embed_add"))
     np.testing.assert_array_equal(added[:, start:end], want)
     assert not added[:, :start].any() and not added[:, end:].any()
     uniform = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=0.5, seed=7, uniform=True)
     want = (0.5 * np.random.RandomState(7).uniform(-1, 1, (3, end - start, lm.config.d_model))).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(uniform.embed_add)[:, start:end], want)
+    np.testing.assert_array_equal(np.asarray(uniform.view("embed_add"))[:, start:end], want)
     explicit = corrupt_and_clean(lm, TINY_PROMPT, TINY_SUBJECT, samples=3, noise=want)
-    assert explicit.low == uniform.low and explicit.noise_scale == pytest.approx(float(np.std(want)))
+    assert explicit.low_score == uniform.low_score and explicit.noise_scale == pytest.approx(float(np.std(want)))
 
 
 def test_noise_scale_parses_s_factor_once_for_trace_and_datasets(smollm2):
@@ -110,26 +110,26 @@ def eiffel_hidden(smollm2, eiffel):
 
 def test_severed_trace_of_the_last_subject_token_equals_full_forwards_on_smollm2(smollm2, eiffel):
     fast = restore(smollm2, eiffel, "hidden", sever="mlp", token_range="subject_last")
-    last = eiffel.span[1] - 1
+    last = eiffel.subject_range[1] - 1
     ref = [restoration_prob(smollm2, eiffel, "hidden", last, layer, sever="mlp") for layer in range(30)]
     np.testing.assert_allclose(fast.scores[last], ref, atol=1e-5)
     assert fast.scores.shape == (10, 30) and np.isnan(np.delete(fast.scores, last, axis=0)).all()
 
 
 def test_restoring_the_subject_and_what_follows_at_layer_0_gives_the_clean_score(smollm2, eiffel):
-    start = eiffel.span[0]
+    start = eiffel.subject_range[0]
     n = len(eiffel.ids)
-    resid = eiffel.clean["inputs"][1]  # the residual after layer 0
+    resid = eiffel.view("clean_inputs")[1]  # the residual after layer 0
     patch = Patch(layer=jnp.zeros(n - start, jnp.int32), token=jnp.arange(start, n), value=resid[start:])
     out = jrome.forward(
         smollm2,
         np.repeat(eiffel.ids[None], eiffel.samples, 0),
-        interventions=Interventions(embed_add=eiffel.embed_add, resid=patch),
+        interventions=Interventions(embed_add=eiffel.view("embed_add"), resid=patch),
         logits_at="last",
     )
     logits = out.logits[:, -1]
     p = np.asarray(jnp.exp(logits[:, eiffel.answer_id] - jax.nn.logsumexp(logits, axis=-1)))
-    np.testing.assert_allclose(p, eiffel.high, atol=1e-5)
+    np.testing.assert_allclose(p, eiffel.high_score, atol=1e-5)
 
 
 def test_restoring_the_final_state_of_the_last_token_gives_the_clean_score(eiffel_hidden):
@@ -180,7 +180,7 @@ def test_an_answer_without_its_leading_space_is_scored_as_a_target_is(smollm2):
     assert paris != smollm2.tokenizer("Paris", add_special_tokens=False)["input_ids"][0]
     for answer in ("Paris", " Paris", paris):
         runs = corrupt_and_clean(smollm2, prompt, subject, samples=2, noise=0.1, answer=answer)
-        assert runs.answer_id == paris and runs.high > 0.5
+        assert runs.answer_id == paris and runs.high_score > 0.5
 
 
 def test_a_prompt_longer_than_the_context_is_an_error(tiny_lm):

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax import lax
 
@@ -318,10 +319,19 @@ def forward_tokens(
 forward_tokens_jit = jax.jit(forward_tokens, static_argnums=0)
 
 
-def last_columns(mask: jax.Array) -> jax.Array:
-    """[B]: the column of each row's last real token (works for left and right padding)."""
+def last_columns(mask: Any) -> Any:
+    """[B]: the column of each row's last real token (works for left and right padding); NumPy in, NumPy out."""
+    xp = np if isinstance(mask, np.ndarray) else jnp
     t = mask.shape[-1]
-    return jnp.max(jnp.where(mask.astype(bool), jnp.arange(t), 0), axis=-1)
+    return xp.max(xp.where(mask.astype(bool), xp.arange(t), 0), axis=-1)
+
+
+def _host_or_traced(x: Any, dtype: Any = None) -> Any:
+    """x as a NumPy array, or as is when it is already a JAX array (a tracer under jit, or on its devices): checks
+    and small index arithmetic then run on the host, not as eager JAX operations compiled for each new shape."""
+    if isinstance(x, jax.Array):
+        return x if dtype is None else x.astype(dtype)
+    return np.asarray(x, dtype)
 
 
 def forward(
@@ -340,18 +350,16 @@ def forward(
     Pure and traceable: it can be called under jit, vmap and grad.
     """
     cfg = lm.config
-    ids = jnp.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None]
+    ids = _host_or_traced(input_ids)
+    ids = ids[None] if ids.ndim == 1 else ids
     if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"input_ids must be integer token ids of shape [batch, tokens]; got {ids.dtype} {ids.shape}")
     if ids.shape[1] > cfg.max_positions:
         raise ValueError(f"{ids.shape[1]} tokens exceed the model's context of {cfg.max_positions} positions")
-    if not isinstance(ids, jax.core.Tracer) and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
+    if isinstance(ids, np.ndarray) and ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
         raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got [{int(ids.min())}, {int(ids.max())}]")
-    mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
-    if mask.ndim == 1:
-        mask = mask[None]
+    mask = np.ones(ids.shape, np.int32) if attention_mask is None else _host_or_traced(attention_mask)
+    mask = mask[None] if mask.ndim == 1 else mask
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask has shape {mask.shape}; it must match input_ids {ids.shape}")
     index = None
@@ -360,6 +368,13 @@ def forward(
             raise ValueError(f"logits_at={logits_at!r}; accepted: None, 'last', or column indices")
         index = last_columns(mask)[:, None]
     elif logits_at is not None:
-        index = jnp.atleast_1d(jnp.asarray(logits_at, jnp.int32))
-        index = jnp.broadcast_to(index, (ids.shape[0], index.shape[0])) if index.ndim == 1 else index
-    return forward_tokens_jit(cfg, lm.params, ids, mask, interventions or Interventions(), index)
+        index = _host_or_traced(logits_at, np.int32)
+        index = index[None] if index.ndim == 0 else index
+        index = index[None].repeat(ids.shape[0], 0) if index.ndim == 1 else index
+    put = _device_put_host
+    return forward_tokens_jit(cfg, lm.params, put(ids), put(mask), interventions or Interventions(), put(index))
+
+
+def _device_put_host(x: Any) -> Any:
+    """NumPy arrays onto the default device (without compiling a staging program); anything else as is."""
+    return jax.device_put(x) if isinstance(x, np.ndarray) else x

@@ -18,13 +18,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, check_settings, read_jsonl
+from ..interventions import Interventions
 from ..models.lm import LM
 from ..plots import CATEGORIES, plot_average_effects, plot_severed_effects
-from .causal import SEVER, corrupt_and_clean, noise_scale, restore
-from .schedule import KINDS
+from .budget import facts_per_call, lanes_per_call
+from .causal import check_restoration, restore_many
+from .runs import Corruption, corruption, run_facts
+from .schedule import KINDS, SEVER, bucket, bucket_rows
 
 NO_CORRECT = "no fact was answered correctly, so there is nothing to average"
 
@@ -47,7 +51,7 @@ class DatasetTrace:
     ate: float
     low: float
     high: float
-    noise_std: float
+    noise_scale: float
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields; NaN (nothing to average) becomes null."""
@@ -62,7 +66,7 @@ class DatasetTrace:
             "ate": _json_floats(self.ate),
             "mean_low_score": _json_floats(self.low),
             "mean_high_score": _json_floats(self.high),
-            "noise_std": self.noise_std,
+            "noise_scale": self.noise_scale,
         }
         return d | ({"note": NO_CORRECT} if self.n_correct == 0 else {})
 
@@ -126,17 +130,41 @@ def summarise(records: Iterable[dict], names: Sequence[str], n_layers: int, nois
         ate=high - low,
         low=low,
         high=high,
-        noise_std=noise,
+        noise_scale=noise,
     )
 
 
-def answers_correctly(lm: LM, prompt: str, attribute: str) -> tuple[bool, int]:
-    """Whether the model's top next token, decoded and stripped, is the attribute (the original's test); its id."""
-    from ..models.forward import forward
+def top_tokens(lm: LM, prompts: Sequence[str], *, per_call: int = 32) -> np.ndarray:
+    """Each prompt's top next token, in batches of `per_call` prompts padded to a length bucket (one compiled
+    forward per bucket)."""
+    from ..models.forward import forward_tokens_jit
+    from ..tokens import pad_id
 
-    ids = np.asarray(lm.tokenizer(prompt)["input_ids"])[None]
-    top = int(np.asarray(forward(lm, ids, logits_at="last").logits[0, -1]).argmax())
-    return lm.tokenizer.decode([top]).strip() == attribute.strip(), top
+    rows = [lm.tokenizer(p)["input_ids"] for p in prompts]
+    top = np.zeros(len(rows), np.int64)
+    for n_cols, members in _by_bucket([len(r) for r in rows]).items():
+        for batch in _chunks(members, per_call):
+            ids = np.full((per_call, n_cols), pad_id(lm.tokenizer), np.int32)
+            mask = np.zeros_like(ids)
+            last = np.zeros((per_call, 1), np.int32)
+            for j, i in enumerate(batch):
+                ids[j, : len(rows[i])], mask[j, : len(rows[i])], last[j] = rows[i], 1, len(rows[i]) - 1
+            out = forward_tokens_jit(lm.config, lm.params, *map(jax.device_put, (ids, mask)), Interventions(),
+                                     jax.device_put(last))  # fmt: skip
+            top[batch] = np.asarray(out.logits[: len(batch), 0].argmax(-1))
+    return top
+
+
+def _by_bucket(lengths: Sequence[int]) -> dict[int, list[int]]:
+    """Indices grouped by the length bucket of their prompt, in order."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(bucket(n), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _read_done(path: Path, facts: Sequence[dict]) -> dict[int, dict]:
@@ -151,6 +179,60 @@ def _read_done(path: Path, facts: Sequence[dict]) -> dict[int, dict]:
     return done
 
 
+def _check_request(facts: Sequence[dict], kinds: Sequence[str], sever: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The severed modules asked for; one line naming what is wrong with facts, kinds or sever, before any work."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds {list(kinds)}: each must be one of {', '.join(KINDS)}")
+    severed = (sever,) if isinstance(sever, str) else tuple(sever or ())
+    if any(m not in SEVER for m in severed):
+        raise ValueError(f"sever={sever!r}; accepted: 'mlp', 'attn', or both")
+    for i, fact in enumerate(facts):
+        missing = [k for k in ("prompt", "subject", "attribute") if k not in fact]
+        if missing:
+            raise ValueError(f"fact {i} has no field {missing[0]!r}; facts need prompt, subject and attribute")
+    return severed
+
+
+def _trace_batch(lm: LM, facts: Sequence[dict], batch: list[int], answers: np.ndarray, plan: Batching) -> list[dict]:
+    """The records of one batch of correctly answered facts: their runs and every trace asked for, one call each."""
+    runs = run_facts(lm, [facts[i]["prompt"] for i in batch], [facts[i]["subject"] for i in batch], plan.how,
+                     answers=[int(answers[i]) for i in batch], slots=plan.per_call, n_cols=plan.n_cols)  # fmt: skip
+    records = [{"low": r.low_score, "high": r.high_score, "subject_range": list(r.subject_range), "scores": {}}
+               for r in runs]  # fmt: skip
+    for name in plan.names:
+        module = name.removeprefix("severed_") if name.startswith("severed_") else None
+        grids = restore_many(lm, runs, "hidden" if module else name, window=plan.window, sever=module,
+                             n_rows=plan.n_rows, chunk=plan.chunk)  # fmt: skip
+        for record, grid in zip(records, grids, strict=True):
+            record["scores"][name] = grid.tolist()
+    return records
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How a dataset's facts of one length bucket are traced: prompts per call and the program's rows."""
+
+    how: Corruption
+    names: tuple[str, ...]
+    window: int
+    n_cols: int
+    per_call: int
+    n_rows: int
+    chunk: int | None
+
+
+def _batching(
+    lm: LM, how: Corruption, names, window: int, n_cols: int, n_facts: int, max_bytes: int | None
+) -> Batching:
+    """Prompts per call for n_facts facts of n_cols columns: as many as the budget holds, no more than there are."""
+    per_call = min(n_facts, facts_per_call(lm, n_cols=n_cols, samples=how.samples, budget=max_bytes))
+    rows, width = bucket_rows(n_cols)
+    chunk = lanes_per_call(lm, n_rows=per_call * rows, width=width, n_cols=n_cols, samples=how.samples,
+                           budget=max_bytes)  # fmt: skip
+    return Batching(how, tuple(names), window, n_cols, per_call, per_call * rows, chunk)
+
+
 def trace_dataset(
     lm: LM,
     facts: Sequence[dict],
@@ -162,6 +244,7 @@ def trace_dataset(
     seed: int = 1,
     sever: str | Sequence[str] | None = None,
     noise_subjects: Sequence[str] | None = None,
+    max_batch_bytes: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> DatasetTrace:
@@ -169,64 +252,73 @@ def trace_dataset(
 
     noise: "s3" is 3 x the std of the token embeddings of `noise_subjects` (default: all of known_1000's
     subjects, as the original), or a float scale. sever: "mlp" and/or "attn" also traces hidden states with
-    that module severed (paper Fig. 3), averaged like the kinds under "severed_<module>". With `out`,
-    per-fact results go to out/facts.jsonl as they finish (a rerun with the same settings skips facts already
-    there) and the summary to out/summary.json, out/summary.npz and the plots.
+    that module severed (paper Fig. 3), averaged like the kinds under "severed_<module>". Facts of a length
+    bucket are traced together, as many per call as `max_batch_bytes` of device memory hold (default: half of
+    what the parameters leave free). With `out`, each fact's record goes to out/facts.jsonl when its batch
+    finishes (a rerun with the same settings skips facts already there) and the summary to out/summary.json,
+    out/summary.npz and the plots.
     """
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"kinds {list(kinds)}: each must be one of {', '.join(KINDS)}")
-    severed = (sever,) if isinstance(sever, str) else tuple(sever or ())
-    if any(m not in SEVER for m in severed):
-        raise ValueError(f"sever={sever!r}; accepted: 'mlp', 'attn', or both")
-    for i, fact in enumerate(facts):
-        missing = [k for k in ("prompt", "subject", "attribute") if k not in fact]
-        if missing:
-            raise ValueError(f"fact {i} has no field {missing[0]!r}; facts need prompt, subject and attribute")
-    scale = noise_scale(lm, noise, noise_subjects)
+    severed = _check_request(facts, kinds, sever)
+    check_restoration("hidden", window, None)
+    how = corruption(lm, noise, samples=samples, seed=seed, noise_subjects=noise_subjects)
     names = trace_names(kinds, severed)
     folder = Path(out) if out is not None else None
     done: dict[int, dict] = {}
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        settings = {"model": lm.name, "noise_std": scale, "samples": samples, "window": window, "seed": seed,
+        settings = {"model": lm.name, "noise_scale": how.scale, "samples": samples, "window": window, "seed": seed,
                     "kinds": list(kinds), "sever": list(severed)}  # fmt: skip
         check_settings(folder, settings, "facts.jsonl")
         done = _read_done(folder / "facts.jsonl", facts)
-    from tqdm.auto import tqdm
+    records = dict(done)
 
-    records = []
-    for i, fact in enumerate(tqdm(facts, desc="tracing facts", disable=not progress)):
-        if i in done:
-            records.append(done[i])
-            continue
-        correct, top = answers_correctly(lm, fact["prompt"], fact["attribute"])
-        record: dict[str, Any] = {
-            "index": i, "prompt": fact["prompt"], "subject": fact["subject"], "attribute": fact["attribute"],
-            "answer": lm.tokenizer.decode([top]), "correct": correct,
-        }  # fmt: skip
-        if correct:
-            runs = corrupt_and_clean(
-                lm, fact["prompt"], fact["subject"], samples=samples, noise=scale, seed=seed, answer=top
-            )
-            record |= {"low": runs.low, "high": runs.high, "subject_range": list(runs.span), "scores": {}}
-            for name in names:
-                module = name.removeprefix("severed_") if name.startswith("severed_") else None
-                kind = "hidden" if module else name
-                record["scores"][name] = restore(lm, runs, kind, window=window, sever=module).scores.tolist()
+    def finish(i: int, record: dict) -> None:
+        records[i] = record
         if folder is not None:
             append_jsonl(folder / "facts.jsonl", record)
-        records.append(record)
+
+    todo = [i for i in range(len(facts)) if i not in done]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(facts), initial=len(done), desc="tracing facts", disable=not progress)
+    answers = np.zeros(len(facts), np.int64)
+    answers[todo] = top_tokens(lm, [facts[i]["prompt"] for i in todo]) if todo else []
+    correct = []
+    for i in todo:
+        answer = lm.tokenizer.decode([int(answers[i])])
+        record = {"index": i, "prompt": facts[i]["prompt"], "subject": facts[i]["subject"],
+                  "attribute": facts[i]["attribute"], "answer": answer,
+                  "correct": answer.strip() == facts[i]["attribute"].strip()}  # fmt: skip
+        if record["correct"]:
+            correct.append((i, record))
+        else:
+            finish(i, record)
+            bar.update()
+    pending = dict(correct)
+    lengths = [len(lm.tokenizer(facts[i]["prompt"])["input_ids"]) for i, _ in correct]
+    for n_cols, members in _by_bucket(lengths).items():
+        plan = _batching(lm, how, names, window, n_cols, len(members), max_batch_bytes)
+        for batch in _chunks([correct[m][0] for m in members], plan.per_call):
+            for i, extra in zip(batch, _trace_batch(lm, facts, batch, answers, plan), strict=True):
+                finish(i, pending[i] | extra)
+                bar.update()
+    bar.close()
+    return _summarise_and_write(lm, [records[i] for i in sorted(records)], names, how.scale, severed, folder)
+
+
+def _summarise_and_write(lm: LM, records: list[dict], names, scale: float, severed, folder: Path | None):
+    """The summary of the records, written to the folder (json, npz and plots) when there is one."""
     summary = summarise(records, names, lm.config.n_layers, scale)
-    if folder is not None:
-        atomic_write_text(folder / "summary.json", json.dumps(summary.to_dict(), indent=2))
-        buf = io.BytesIO()
-        arrays = {f"aie_{k}": v for k, v in summary.aie.items()} | {f"std_{k}": v for k, v in summary.std.items()}
-        np.savez(buf, **arrays)
-        atomic_write_bytes(folder / "summary.npz", buf.getvalue())
-        if summary.n_correct:
-            plot_average_effects(summary.aie, folder / "average_effects.png", folder / "average_effects.pdf",
-                                 std=summary.std, n=summary.n_correct)  # fmt: skip
-            if severed:
-                plot_severed_effects(summary.aie, folder / "severed_effects.png", folder / "severed_effects.pdf")
+    if folder is None:
+        return summary
+    atomic_write_text(folder / "summary.json", json.dumps(summary.to_dict(), indent=2))
+    buf = io.BytesIO()
+    arrays = {f"aie_{k}": v for k, v in summary.aie.items()} | {f"std_{k}": v for k, v in summary.std.items()}
+    np.savez(buf, **arrays)
+    atomic_write_bytes(folder / "summary.npz", buf.getvalue())
+    if summary.n_correct:
+        plot_average_effects(summary.aie, folder / "average_effects.png", folder / "average_effects.pdf",
+                             std=summary.std, n=summary.n_correct)  # fmt: skip
+        if severed:
+            plot_severed_effects(summary.aie, folder / "severed_effects.png", folder / "severed_effects.pdf")
     return summary

@@ -13,7 +13,7 @@ import numpy as np
 from ..interventions import Interventions, Patch
 from ..models.forward import forward_tokens
 from ..models.lm import LM
-from .causal import Runs
+from .runs import Runs
 from .schedule import window_bounds
 
 
@@ -30,21 +30,22 @@ def reference_interventions(
     runs: Runs, kind: str, token: int, layer: int, n_layers: int, window: int, sever: str | None
 ) -> Interventions:
     """The interventions of one restoration, applied to a full forward of the corrupted batch."""
-    iv = {"embed_add": runs.embed_add}
+    a, f = runs.arrays, runs.slot
+    iv = {"embed_add": runs.view("embed_add")}
     if kind == "hidden":
-        iv["resid"] = Patch.at(layer, token, runs.clean["inputs"][layer + 1][token])
+        iv["resid"] = Patch.at(layer, token, a.clean_inputs[layer + 1, f, token])
         if sever:
             frozen = np.arange(n_layers)  # every layer: below `layer` the frozen value is what runs anyway
             iv[sever] = Patch(
                 layer=jnp.asarray(frozen, jnp.int32),
                 token=jnp.full(n_layers, token, jnp.int32),
-                value=runs.corrupt[sever][:, :, token],
+                value={"mlp": a.corrupt_mlp, "attn": a.corrupt_attn}[sever][:, f, :, token],
             )
     else:
         lo, hi = window_bounds(layer, n_layers, window)
         layers = np.full(window, -1, np.int32)  # padded to the window size so every restoration has one shape
         layers[: hi - lo] = np.arange(lo, hi)
-        values = runs.clean[kind][np.clip(layers, 0, n_layers - 1), token]
+        values = {"mlp": a.clean_mlp, "attn": a.clean_attn}[kind][np.clip(layers, 0, n_layers - 1), f, token]
         iv[kind] = Patch(layer=jnp.asarray(layers), token=jnp.full(window, token, jnp.int32), value=values)
     return Interventions(**iv)
 
