@@ -244,7 +244,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     results, written = {}, []
     for kind in kinds:
         t0 = time.perf_counter()
-        result = restore(lm, runs, kind, window=args.window, sever=args.sever, token_range=token_range)
+        result = restore(lm, runs, kind, window=args.window, sever=args.sever, token_range=token_range,
+                         max_batch_bytes=args.max_batch_bytes)  # fmt: skip
         token, layer = divmod(int(np.nanargmax(result.scores)), result.scores.shape[1])
         print(
             f"{kind:6s}: {time.perf_counter() - t0:6.1f}s  strongest restoration: token {token} "
@@ -288,7 +289,7 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
     lm = _load_model(args)
     summary = trace_dataset(
         lm, facts, args.kinds, samples=args.samples, noise=_noise_arg(args.noise), window=args.window,
-        seed=args.seed, sever=args.sever, noise_subjects=subjects, out=args.out,
+        seed=args.seed, sever=args.sever, noise_subjects=subjects, max_batch_bytes=args.max_batch_bytes, out=args.out,
     )  # fmt: skip
     print(f"{summary.n_correct} of {summary.n_facts} facts answered correctly and traced", end="")
     if not summary.n_correct:
@@ -421,6 +422,21 @@ def count(minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def byte_size(text: str) -> int:
+    """An argparse type for memory sizes: bytes, or a number with K, M, G or T (powers of 1024), e.g. 8G."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B").rstrip("I"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size (accepted: bytes, or e.g. 512M, 8G)")
+    return value
+
+
 def hparam(text: str) -> tuple[str, Any]:
     """An argparse type for KEY=VALUE: VALUE read as JSON (numbers, lists, true/false, null), else as text."""
     key, sep, value = text.partition("=")
@@ -487,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--noise", default="s3", help="s3 (3 x std of the subjects' token embeddings) or a float scale")
         p.add_argument("--window", type=count(), default=10, help="layers restored together for mlp/attn kinds (>= 1)")
         p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
+        p.add_argument("--max-batch-bytes", type=byte_size, help="device memory a trace call may fill, e.g. 8G "
+                       "(default: half of what the parameters leave free)")  # fmt: skip
 
     p = sub.add_parser("trace", formatter_class=_Help, help="causal trace of one prompt (paper Fig. 1)")
     model_args(p)

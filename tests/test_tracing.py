@@ -37,7 +37,9 @@ def test_packed_trace_equals_a_loop_of_full_forwards_on_tiny_models(tiny_lm, fam
             fast = restore(lm, runs, kind, window=2, sever=sever, chunk=chunk)
             np.testing.assert_allclose(fast.scores, ref, atol=1e-5, err_msg=f"{kind} sever={sever} chunk={chunk}")
         assert np.ptp(ref[runs.subject_range[0] :]) > 1e-3, (kind, sever)  # the grid is not flat: restorations matter
-        np.testing.assert_allclose(ref[: runs.subject_range[0]], runs.low_score, atol=1e-6)  # tokens before the subject: no effect
+        np.testing.assert_allclose(
+            ref[: runs.subject_range[0]], runs.low_score, atol=1e-6
+        )  # tokens before the subject: no effect
 
 
 def test_token_range_restores_only_the_tokens_asked_for(tiny_lm):
@@ -64,7 +66,9 @@ def test_replace_sets_the_subject_token_embeddings_to_the_noise_and_keeps_positi
     positions = np.asarray(lm.params["embed"]["positions"])[start:end]
     corrupted = np.asarray(runs.view("corrupt_inputs")[0])  # [samples, T, D], the input of layer 0
     np.testing.assert_allclose(corrupted[:, start:end], noise + positions, atol=1e-6)
-    np.testing.assert_allclose(corrupted[:, :start], np.asarray(runs.view("clean_inputs")[0])[None, :start].repeat(2, 0))
+    np.testing.assert_allclose(
+        corrupted[:, :start], np.asarray(runs.view("clean_inputs")[0])[None, :start].repeat(2, 0)
+    )
 
 
 def test_noise_is_numpys_randomstate_draw_as_in_the_original(tiny_lm):

@@ -17,7 +17,7 @@ from .config import ModelConfig
 Path = tuple[str, ...]
 
 
-CHUNK_BYTES = 64 << 20  # layers are gathered on the host up to this size (or one tensor) before a transfer
+CHUNK_BYTES = 256 << 20  # layers are gathered on the host up to this size (or one tensor) before a transfer
 
 
 @partial(jax.jit, donate_argnums=0)

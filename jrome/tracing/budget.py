@@ -17,6 +17,14 @@ from ..models.config import ModelConfig
 from ..models.lm import LM
 
 
+def check_budget(max_batch_bytes: int | None) -> None:
+    """One line when a memory budget is not a positive number of bytes."""
+    if max_batch_bytes is not None and (
+        not isinstance(max_batch_bytes, int | np.integer) or isinstance(max_batch_bytes, bool) or max_batch_bytes < 1
+    ):
+        raise ValueError(f"max_batch_bytes={max_batch_bytes!r}; accepted: a positive number of bytes, or None")
+
+
 def device_memory(device: Any = None) -> int:
     """Bytes of memory of a device: what its allocator may use on GPU/TPU, the machine's RAM on CPU."""
     device = device or jax.devices()[0]

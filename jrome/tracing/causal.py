@@ -17,7 +17,7 @@ import numpy as np
 
 from ..models.lm import LM
 from ..tokens import token_strings
-from .budget import lanes_per_call
+from .budget import check_budget, lanes_per_call
 from .restore import restoration_probs, scatter_scores
 from .runs import Runs, corruption, run_facts
 from .schedule import KINDS, SEVER, Restoration, bucket, bucket_rows, plan_layers, plan_rows, rows_needed
@@ -105,12 +105,14 @@ def restore_many(
     tokens: Sequence[Sequence[int]] | None = None,
     n_rows: int | None = None,
     chunk: int | None = None,
+    max_batch_bytes: int | None = None,
 ) -> list[np.ndarray]:
     """Score grids [T, L] of one kind for prompts run together (one `run_facts` batch), in one program call.
 
     tokens: per prompt, the tokens to restore (default all; the rows of others are NaN). n_rows: rows of the
     program (default: enough for one prompt of the length bucket, or for these prompts); a dataset fixes it so
-    that its batches share one compiled program.
+    that its batches share one compiled program. chunk: lanes run together (default: from `max_batch_bytes`,
+    see `budget.lanes_per_call`).
     """
     check_restoration(kind, window, sever)
     arrays = runs[0].arrays
@@ -126,12 +128,13 @@ def restore_many(
     if need:
         n_cols = arrays.embed_add.shape[2]
         rows_b, width_b = bucket_rows(n_cols)
-        width = max(width_b, bucket(max(w for _, w in need)))
+        widest = max(w for _, w in need)
+        width = width_b if widest <= width_b else bucket(widest)
         rows = plan_rows(work, n_rows or max(rows_b, sum(r for r, _ in need)), width)
         layers = plan_layers(lm.config.n_layers, kind, window, sever)
         shape = {"n_rows": rows.cols.shape[0], "width": width, "n_cols": n_cols, "samples": runs[0].samples}
         probs = restoration_probs(lm.config, lm.params, arrays, layers=layers, rows=rows,
-                                  what=Restoration.of(kind, sever), chunk=chunk or lanes_per_call(lm, **shape))  # fmt: skip
+                                  what=Restoration.of(kind, sever), chunk=chunk or lanes_per_call(lm, **shape, budget=max_batch_bytes))  # fmt: skip
         scatter_scores(np.asarray(probs, np.float64), layers, rows, grids)
     return [grids[r.slot] for r in runs]
 
@@ -145,14 +148,17 @@ def restore(
     sever: str | None = None,
     token_range: str | Sequence[int] | None = None,
     chunk: int | None = None,
+    max_batch_bytes: int | None = None,
 ) -> TraceResult:
     """Every restoration of one kind for prepared runs, in one jitted call.
 
     token_range: restore only these tokens (None: all; "subject_last"; or token indices); other rows are NaN.
+    chunk / max_batch_bytes: lanes run together, or the device memory they may fill (see `trace`).
     """
     check_restoration(kind, window, sever)
     tokens = restored_tokens(token_range, len(runs.ids), runs.subject_range)
-    (scores,) = restore_many(lm, [runs], kind, window=window, sever=sever, tokens=[tokens], chunk=chunk)
+    (scores,) = restore_many(lm, [runs], kind, window=window, sever=sever, tokens=[tokens], chunk=chunk,
+                             max_batch_bytes=max_batch_bytes)  # fmt: skip
     return TraceResult(
         prompt=runs.prompt,
         subject=runs.subject,
@@ -214,6 +220,7 @@ def trace(
     token_range: str | Sequence[int] | None = None,
     noise_subjects: Sequence[str] | None = None,
     chunk: int | None = None,
+    max_batch_bytes: int | None = None,
     progress: bool = True,
 ) -> TraceResult | dict[str, TraceResult]:
     """Causal trace of `subject` in `prompt`: p(answer) with each (token, layer) state restored after corruption.
@@ -228,16 +235,24 @@ def trace(
     ROME's targets do: "Paris" is " Paris"); default the clean prediction. sever: "mlp" or "attn" freezes that
     module's outputs at the restored token in every layer at their corrupted values (paper Fig. 3). token_range:
     restore only these tokens (None: all, "subject_last", or token indices); the others' scores are NaN. chunk:
-    lanes (pairs of layers) run together; default one at a time on CPU, and on accelerators as many as fit the
-    device's memory. progress: say on stderr what is traced before the (seconds-long) program runs.
+    lanes (pairs of layers) run together; default one at a time on CPU, and on accelerators as many as fit
+    `max_batch_bytes` of device memory (default: half of what the parameters leave free). progress: say on stderr what is traced before the (seconds-long) program runs.
     """
     kinds = KINDS if kind == "all" else (kind,)
     for k in kinds:
         check_restoration(k, window, sever)
+    check_budget(max_batch_bytes)
     runs = corrupt_and_clean(lm, prompt, subject, samples=samples, noise=noise, seed=seed, uniform=uniform,
                              replace=replace, answer=answer, noise_subjects=noise_subjects)  # fmt: skip
     if progress:
         print(f"causal trace ({kind}): {len(runs.ids)} tokens x {lm.config.n_layers} layers restored, "
               f"{runs.samples} noise samples each, in one compiled program", file=sys.stderr, flush=True)  # fmt: skip
-    results = {k: restore(lm, runs, k, window=window, sever=sever, token_range=token_range, chunk=chunk) for k in kinds}
+    how = {
+        "window": window,
+        "sever": sever,
+        "token_range": token_range,
+        "chunk": chunk,
+        "max_batch_bytes": max_batch_bytes,
+    }
+    results = {k: restore(lm, runs, k, **how) for k in kinds}
     return results if kind == "all" else results[kind]

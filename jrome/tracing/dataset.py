@@ -25,7 +25,7 @@ from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, check_s
 from ..interventions import Interventions
 from ..models.lm import LM
 from ..plots import CATEGORIES, plot_average_effects, plot_severed_effects
-from .budget import facts_per_call, lanes_per_call
+from .budget import check_budget, facts_per_call, lanes_per_call
 from .causal import check_restoration, restore_many
 from .runs import Corruption, corruption, run_facts
 from .schedule import KINDS, SEVER, bucket, bucket_rows
@@ -134,24 +134,25 @@ def summarise(records: Iterable[dict], names: Sequence[str], n_layers: int, nois
     )
 
 
-def top_tokens(lm: LM, prompts: Sequence[str], *, per_call: int = 32) -> np.ndarray:
-    """Each prompt's top next token, in batches of `per_call` prompts padded to a length bucket (one compiled
-    forward per bucket)."""
+def top_tokens(lm: LM, prompts: Sequence[str], *, per_call: int = 32, multiple_of: int = 16) -> np.ndarray:
+    """Each prompt's top next token, `per_call` prompts at a time, right-padded to a multiple of 16 tokens (a
+    forward is cheap next to a trace, so coarse shapes cost little and compile few programs)."""
     from ..models.forward import forward_tokens_jit
     from ..tokens import pad_id
 
     rows = [lm.tokenizer(p)["input_ids"] for p in prompts]
     top = np.zeros(len(rows), np.int64)
-    for n_cols, members in _by_bucket([len(r) for r in rows]).items():
+    lengths = [-(-len(r) // multiple_of) * multiple_of for r in rows]
+    for n_cols in sorted(set(lengths)):
+        members = [i for i, n in enumerate(lengths) if n == n_cols]
         for batch in _chunks(members, per_call):
             ids = np.full((per_call, n_cols), pad_id(lm.tokenizer), np.int32)
-            mask = np.zeros_like(ids)
-            last = np.zeros((per_call, 1), np.int32)
+            mask, last = np.zeros_like(ids), np.zeros((per_call, 1), np.int32)
             for j, i in enumerate(batch):
                 ids[j, : len(rows[i])], mask[j, : len(rows[i])], last[j] = rows[i], 1, len(rows[i]) - 1
             out = forward_tokens_jit(lm.config, lm.params, *map(jax.device_put, (ids, mask)), Interventions(),
                                      jax.device_put(last))  # fmt: skip
-            top[batch] = np.asarray(out.logits[: len(batch), 0].argmax(-1))
+            top[batch] = np.asarray(out.logits)[: len(batch), 0].argmax(-1)
     return top
 
 
@@ -225,8 +226,9 @@ class Batching:
 def _batching(
     lm: LM, how: Corruption, names, window: int, n_cols: int, n_facts: int, max_bytes: int | None
 ) -> Batching:
-    """Prompts per call for n_facts facts of n_cols columns: as many as the budget holds, no more than there are."""
-    per_call = min(n_facts, facts_per_call(lm, n_cols=n_cols, samples=how.samples, budget=max_bytes))
+    """Prompts per call for n_facts facts of n_cols columns: as many as the budget holds, in calls of equal size."""
+    most = facts_per_call(lm, n_cols=n_cols, samples=how.samples, budget=max_bytes)
+    per_call = -(-n_facts // -(-n_facts // most))
     rows, width = bucket_rows(n_cols)
     chunk = lanes_per_call(lm, n_rows=per_call * rows, width=width, n_cols=n_cols, samples=how.samples,
                            budget=max_bytes)  # fmt: skip
@@ -260,6 +262,7 @@ def trace_dataset(
     """
     severed = _check_request(facts, kinds, sever)
     check_restoration("hidden", window, None)
+    check_budget(max_batch_bytes)
     how = corruption(lm, noise, samples=samples, seed=seed, noise_subjects=noise_subjects)
     names = trace_names(kinds, severed)
     folder = Path(out) if out is not None else None

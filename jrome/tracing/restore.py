@@ -80,14 +80,15 @@ def start_state(lay: Layout, runs: RunArrays, what: Restoration, first: jax.Arra
     return jnp.where(what.restore_input & lay.is_start[..., None], clean, h)
 
 
-def patch_values(lay: Layout, runs: RunArrays, what: Restoration, layer: jax.Array) -> jax.Array:
-    """[2, B, D]: the module output written at each segment's restored token in `layer`: the clean run's (a
-    window) or the corrupted run's own (a severed path), of the MLP or the attention."""
-    mlp = jnp.where(what.from_clean, _clean_per_row(lay, runs.clean_mlp[layer], lay.restored),
-                    _per_row(lay, runs.corrupt_mlp[layer], lay.restored))  # fmt: skip
-    attn = jnp.where(what.from_clean, _clean_per_row(lay, runs.clean_attn[layer], lay.restored),
-                     _per_row(lay, runs.corrupt_attn[layer], lay.restored))  # fmt: skip
-    return jnp.swapaxes(jnp.where(what.site_is_mlp, mlp, attn), 0, 1)
+def patch_values(lay: Layout, runs: RunArrays, what: Restoration) -> jax.Array:
+    """[L, 2, B, D]: per layer, the module output written at each segment's restored token: the clean run's (a
+    window) or the corrupted run's own (a severed path), of the MLP or the attention. Gathered once per call."""
+    fact, restored, samples = lay.plan.fact[:, None, None], lay.restored[:, None, :], jnp.arange(lay.samples)
+    clean = [x[:, fact, restored] for x in (runs.clean_mlp, runs.clean_attn)]  # [L, rows, 1, 2, D]
+    corrupt = [x[:, fact, samples[None, :, None], restored] for x in (runs.corrupt_mlp, runs.corrupt_attn)]
+    mlp, attn = (jnp.where(what.from_clean, c, x) for c, x in zip(clean, corrupt, strict=True))
+    values = jnp.where(what.site_is_mlp, mlp, attn)  # [L, rows, S, 2, D]
+    return jnp.swapaxes(values.reshape(values.shape[0], -1, 2, values.shape[-1]), 1, 2)
 
 
 def _finals(lay: Layout, h: jax.Array) -> jax.Array:
@@ -115,11 +116,11 @@ def _switch(lay: Layout, runs: RunArrays, what: Restoration, lane: Lane, s: jax.
     return h, fin
 
 
-def _interventions(lay: Layout, runs: RunArrays, what: Restoration, lane: Lane, layer, in_a) -> Interventions:
-    """The patches of a lane's layer step: its slot's restored token, at the MLP or attention site, in [lo, hi)."""
+def _interventions(lay: Layout, values: jax.Array, what: Restoration, lane: Lane, layer, in_a) -> Interventions:
+    """The patches of a lane's layer step: its slot's restored token, at the MLP or attention site, in [lo, hi);
+    values [2, B, D] are this layer's."""
     slot = jnp.where(in_a, 0, 1)
     active = (layer >= lane.lo[slot]) & (layer < lane.hi[slot])
-    values = patch_values(lay, runs, what, layer)
     at = jnp.where(active, layer, -1) * jnp.ones(2, jnp.int32)
     mlp = Patch(jnp.where(what.site_is_mlp, at, -1), lay.token, values)
     attn = Patch(jnp.where(what.site_is_mlp, -1, at), lay.token, values)
@@ -132,15 +133,18 @@ def _context(lay: Layout, x: jax.Array) -> jax.Array:
     return g.reshape(-1, *g.shape[2:])
 
 
-def run_lane(cfg: ModelConfig, params: dict, lay: Layout, runs: RunArrays, what: Restoration, steps, lane: Lane):
-    """[2, B, 2, D]: one lane's two restorations (slot 0's layers, then slot 1's), over `steps` layer steps."""
+def run_lane(
+    cfg: ModelConfig, params: dict, lay: Layout, runs: RunArrays, what: Restoration, values, steps, lane: Lane
+):
+    """[2, B, 2, D]: one lane's two restorations (slot 0's layers, then slot 1's), over `steps` layer steps; values
+    [L, 2, B, D] are the patch values of every layer (`patch_values`)."""
 
     def step(s: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         h, fin = _switch(lay, runs, what, lane, s, *carry)
         in_a = s < lane.count[0]
         layer = jnp.clip(jnp.where(in_a, lane.start[0] + s, lane.start[1] + s - lane.count[0]), 0, cfg.n_layers - 1)
         ctx = Context(_context(lay, runs.corrupt_k[layer]), _context(lay, runs.corrupt_v[layer]), lay.ctx_mask)
-        iv = _interventions(lay, runs, what, lane, layer, in_a)
+        iv = _interventions(lay, values[layer], what, lane, layer, in_a)
         h, _ = block(cfg, jax.tree.map(lambda a: a[layer], params["blocks"]), h, layer, lay.rows, ctx, iv)
         return h, fin
 
@@ -165,7 +169,7 @@ def restoration_probs(
     [lanes, 2 slots, rows, 2 segments]. chunk: lanes run together (vmapped); 1 runs them one after another."""
     samples, n_cols = runs.embed_add.shape[1:3]
     lay = layout(cfg, rows, samples, n_cols)
-    lane = partial(run_lane, cfg, params, lay, runs, what, layers.steps)
+    lane = partial(run_lane, cfg, params, lay, runs, what, patch_values(lay, runs, what), layers.steps)
     per_lane = Lane(layers.start, layers.count, layers.lo, layers.hi)
     if chunk == 1:  # one lane at a time: plain matmuls with the lane's own weights, no batched gather
         finals = lax.map(lane, per_lane)
