@@ -116,7 +116,9 @@ def main() -> None:
     print(
         f"prompt: {PROMPT!r} ({n_tokens} tokens), subject tokens {runs.subject_range}, 10 samples, noise scale {runs.noise_scale:.4f}"
     )
-    print(f"p(answer={lm.tokenizer.decode([runs.answer_id])!r}): clean {runs.high_score:.4f}, corrupted {runs.low_score:.4f}\n")
+    print(
+        f"p(answer={lm.tokenizer.decode([runs.answer_id])!r}): clean {runs.high_score:.4f}, corrupted {runs.low_score:.4f}\n"
+    )
     model = None
     if args.torch:
         import torch

@@ -59,7 +59,17 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_side(args: argparse.Namespace, tree: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"PYTHONPATH": str(tree)}
-    cmd = [sys.executable, __file__, "--worker", "--n", str(args.n), "--samples", str(args.samples), "--kinds", *args.kinds]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--n",
+        str(args.n),
+        "--samples",
+        str(args.samples),
+        "--kinds",
+        *args.kinds,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -80,14 +90,18 @@ def main() -> None:
     print(machine(), f"| load {os.getloadavg()[0]:.1f}")
     print(f"{args.n} known facts, kinds {' '.join(args.kinds)}, {args.samples} noise samples\n")
     with tempfile.TemporaryDirectory() as old:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline, "jrome"], capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", args.baseline, "jrome"], capture_output=True, check=True
+        )
         subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
         base = run_side(args, Path(old))
     new = run_side(args, REPO)
     print("side                        | cold wall   cpu  programs | warm wall   cpu  programs")
     for name, side in ((f"one fact at a time ({args.baseline})", base), ("batched per bucket (this tree)", new)):
         c, w = side["cold"], side["warm"]
-        print(f"{name:27s} | {c['wall']:8.1f} {c['cpu']:6.1f} {c['programs']:6d}    | {w['wall']:8.1f} {w['cpu']:6.1f} {w['programs']:6d}")
+        print(
+            f"{name:27s} | {c['wall']:8.1f} {c['cpu']:6.1f} {c['programs']:6d}    | {w['wall']:8.1f} {w['cpu']:6.1f} {w['programs']:6d}"
+        )
     for run in ("cold", "warm"):
         wall, cpu = (base[run][k] / new[run][k] for k in ("wall", "cpu"))
         print(f"{run}: {wall:.2f}x wall, {cpu:.2f}x CPU")

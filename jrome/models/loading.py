@@ -16,7 +16,6 @@ import numpy as np
 
 from .checkpoint import MARKER, load_saved
 from .config import config_from_hf
-from .gguf import GGUFFile, config_from_gguf, hf_tensors, tokenizer_from_gguf
 from .lm import LM
 from .placement import Placer
 from .weights import checkpoint_from_params, params_from_checkpoint
@@ -134,6 +133,8 @@ def _download(repo_id: str) -> Path:
 
 
 def _load_gguf(path: Path, dtype: Any, name: str, mesh: Any = None) -> LM:
+    from .gguf import GGUFFile, config_from_gguf, hf_tensors, tokenizer_from_gguf  # the gguf package, only for these
+
     f = GGUFFile(path)
     cfg = config_from_gguf(f)
     f.check_types()
