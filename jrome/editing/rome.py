@@ -131,12 +131,15 @@ def _compute(
     templates: tuple[str, ...],
     fast: bool,
     progress: str | None = None,
+    per_program: int = 8,
 ) -> list[Edit]:
-    """The edits of `reqs`, each computed from `lm` alone (their v* searches batched); progress: a bar's title."""
+    """The edits of `reqs`, each computed from `lm` alone (their v* searches batched, `per_program` requests per
+    program); progress: a bar's title."""
     start = time.perf_counter()
     layer = hp.layer
     keys = [template_keys(lm, req, (*templates, "{}"), layer, hp.fact_token) for req in reqs]
-    deltas, v_inits, losses = search(lm, reqs, templates, targets, layer, hp, fast=fast, progress=progress)
+    deltas, v_inits, losses = search(lm, reqs, templates, targets, layer, hp, fast=fast, progress=progress,
+                                     per_program=per_program)  # fmt: skip
     down = lm.params["blocks"]["mlp"]["down"]
     bias = np.asarray(down["bias"][layer]) if "bias" in down else None
     old = down_kernel(lm.params)[layer]
@@ -197,14 +200,16 @@ def edit_each(
     seed: int = 0,
     fast: bool = True,
     progress: bool = True,
+    per_program: int = 8,
 ) -> tuple[Edit, ...]:
     """ROME for each request alone, each computed from the unedited `lm` (as an evaluation edits its cases): the
-    Edits, in order; `apply(lm, edit)` gives an edited model. The v* searches of all requests run batched, a few
-    requests per program, which is faster than one `edit` call per request and gives the same edits.
+    Edits, in order; `apply(lm, edit)` gives an edited model. The v* searches of all requests run batched,
+    `per_program` requests per program (more on an accelerator), which is faster than one `edit` call per request
+    and gives the same edits.
 
-    Arguments as for `edit`.
+    Other arguments as for `edit`.
     """
     reqs, targets = parse_requests(lm, requests, "ROME")
     hp, solve, templates = _setup(lm, hparams, stats, seed, progress)
     title = f"ROME v* searches at layer {hp.layer}" if progress else None
-    return tuple(_compute(lm, reqs, targets, hp, solve, templates, fast, title))
+    return tuple(_compute(lm, reqs, targets, hp, solve, templates, fast, title, per_program))
