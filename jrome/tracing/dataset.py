@@ -195,19 +195,20 @@ def _check_request(facts: Sequence[dict], kinds: Sequence[str], sever: str | Seq
     return severed
 
 
-def _trace_batch(lm: LM, facts: Sequence[dict], batch: list[int], answers: np.ndarray, plan: Batching) -> list[dict]:
-    """The records of one batch of correctly answered facts: their runs and every trace asked for, one call each."""
-    runs = run_facts(lm, [facts[i]["prompt"] for i in batch], [facts[i]["subject"] for i in batch], plan.how,
-                     answers=[int(answers[i]) for i in batch], slots=plan.per_call, n_cols=plan.n_cols)  # fmt: skip
-    records = [{"low": r.low_score, "high": r.high_score, "subject_range": list(r.subject_range), "scores": {}}
-               for r in runs]  # fmt: skip
+def _trace_batch(lm: LM, batch: list[dict], plan: Batching) -> list[dict]:
+    """The records of one batch of correctly answered facts with their traces: the runs and every trace asked
+    for, one program call each."""
+    runs = run_facts(lm, [r["prompt"] for r in batch], [r["subject"] for r in batch], plan.how,
+                     answers=[r.pop("top") for r in batch], slots=plan.per_call, n_cols=plan.n_cols)  # fmt: skip
+    for record, r in zip(batch, runs, strict=True):
+        record |= {"low": r.low_score, "high": r.high_score, "subject_range": list(r.subject_range), "scores": {}}
     for name in plan.names:
         module = name.removeprefix("severed_") if name.startswith("severed_") else None
         grids = restore_many(lm, runs, "hidden" if module else name, window=plan.window, sever=module,
                              n_rows=plan.n_rows, chunk=plan.chunk)  # fmt: skip
-        for record, grid in zip(records, grids, strict=True):
+        for record, grid in zip(batch, grids, strict=True):
             record["scores"][name] = grid.tolist()
-    return records
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +234,43 @@ def _batching(
     chunk = lanes_per_call(lm, n_rows=per_call * rows, width=width, n_cols=n_cols, samples=how.samples,
                            budget=max_bytes)  # fmt: skip
     return Batching(how, tuple(names), window, n_cols, per_call, per_call * rows, chunk)
+
+
+@dataclasses.dataclass
+class _Log:
+    """Finished records by fact index; each is appended to folder/facts.jsonl as it comes, when there is a folder."""
+
+    records: dict[int, dict]
+    folder: Path | None
+    bar: Any
+
+    def add(self, record: dict) -> None:
+        self.records[record["index"]] = record
+        if self.folder is not None:
+            append_jsonl(self.folder / "facts.jsonl", record)
+        self.bar.update()
+
+
+def _answer_records(lm: LM, facts: Sequence[dict], todo: list[int]) -> list[dict]:
+    """A record per fact of `todo`: the model's answer (its top token, "top"), and whether it is the attribute."""
+    tops = top_tokens(lm, [facts[i]["prompt"] for i in todo]) if todo else []
+    records = []
+    for i, top in zip(todo, tops, strict=True):
+        answer = lm.tokenizer.decode([int(top)])
+        records.append({"index": i, "prompt": facts[i]["prompt"], "subject": facts[i]["subject"],
+                        "attribute": facts[i]["attribute"], "answer": answer, "top": int(top),
+                        "correct": answer.strip() == facts[i]["attribute"].strip()})  # fmt: skip
+    return records
+
+
+def _trace_correct(lm: LM, correct: list[dict], log: _Log, how: Corruption, names, window, max_bytes) -> None:
+    """Trace the correctly answered facts, a length bucket at a time, batches of equal size, logging each batch."""
+    lengths = [len(lm.tokenizer(r["prompt"])["input_ids"]) for r in correct]
+    for n_cols, members in _by_bucket(lengths).items():
+        plan = _batching(lm, how, names, window, n_cols, len(members), max_bytes)
+        for batch in _chunks(members, plan.per_call):
+            for record in _trace_batch(lm, [correct[m] for m in batch], plan):
+                log.add(record)
 
 
 def trace_dataset(
@@ -273,40 +311,17 @@ def trace_dataset(
                     "kinds": list(kinds), "sever": list(severed)}  # fmt: skip
         check_settings(folder, settings, "facts.jsonl")
         done = _read_done(folder / "facts.jsonl", facts)
-    records = dict(done)
-
-    def finish(i: int, record: dict) -> None:
-        records[i] = record
-        if folder is not None:
-            append_jsonl(folder / "facts.jsonl", record)
-
-    todo = [i for i in range(len(facts)) if i not in done]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(facts), initial=len(done), desc="tracing facts", disable=not progress)
-    answers = np.zeros(len(facts), np.int64)
-    answers[todo] = top_tokens(lm, [facts[i]["prompt"] for i in todo]) if todo else []
-    correct = []
-    for i in todo:
-        answer = lm.tokenizer.decode([int(answers[i])])
-        record = {"index": i, "prompt": facts[i]["prompt"], "subject": facts[i]["subject"],
-                  "attribute": facts[i]["attribute"], "answer": answer,
-                  "correct": answer.strip() == facts[i]["attribute"].strip()}  # fmt: skip
-        if record["correct"]:
-            correct.append((i, record))
-        else:
-            finish(i, record)
-            bar.update()
-    pending = dict(correct)
-    lengths = [len(lm.tokenizer(facts[i]["prompt"])["input_ids"]) for i, _ in correct]
-    for n_cols, members in _by_bucket(lengths).items():
-        plan = _batching(lm, how, names, window, n_cols, len(members), max_batch_bytes)
-        for batch in _chunks([correct[m][0] for m in members], plan.per_call):
-            for i, extra in zip(batch, _trace_batch(lm, facts, batch, answers, plan), strict=True):
-                finish(i, pending[i] | extra)
-                bar.update()
-    bar.close()
-    return _summarise_and_write(lm, [records[i] for i in sorted(records)], names, how.scale, severed, folder)
+    with tqdm(total=len(facts), initial=len(done), desc="tracing facts", disable=not progress) as bar:
+        log = _Log(dict(done), folder, bar)
+        answered = _answer_records(lm, facts, [i for i in range(len(facts)) if i not in done])
+        for record in answered:
+            if not record["correct"]:
+                log.add({k: v for k, v in record.items() if k != "top"})
+        correct = [r for r in answered if r["correct"]]
+        _trace_correct(lm, correct, log, how, names, window, max_batch_bytes)
+    return _summarise_and_write(lm, [log.records[i] for i in sorted(log.records)], names, how.scale, severed, folder)
 
 
 def _summarise_and_write(lm: LM, records: list[dict], names, scale: float, severed, folder: Path | None):
