@@ -99,8 +99,8 @@ def noise_scale(lm: LM, noise: str | float, subjects: Sequence[str] | None = Non
         if not noise.startswith("s") or not re.fullmatch(r"\d+(\.\d*)?|\.\d+", factor):
             raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED}")
         return float(factor) * noise_std(lm, subjects)
-    if np.ndim(noise) != 0 or not np.issubdtype(np.asarray(noise).dtype, np.number):
-        raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED}")
+    if np.ndim(noise) != 0 or not np.issubdtype(np.asarray(noise).dtype, np.number) or not float(noise) > 0:
+        raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED} (a scale is positive)")
     return float(noise)
 
 
@@ -367,11 +367,13 @@ def trace(
     noise_subjects: Sequence[str] | None = None,
     chunk: int | None = None,
     progress: bool = True,
-) -> TraceResult:
+    download: bool | None = None,
+) -> TraceResult | dict[str, TraceResult]:
     """Causal trace of `subject` in `prompt`: p(answer) with each (token, layer) state restored after corruption.
 
     kind: "hidden" restores the residual after layer l at token t; "mlp"/"attn" restore that module's outputs at
-    token t in a window of `window` layers centred on l. noise: "s3" (3 x the std of the token embeddings of
+    token t in a window of `window` layers centred on l; "all" gives {kind: result} for the three, from the same
+    clean and corrupted runs. noise: "s3" (3 x the std of the token embeddings of
     `noise_subjects`, default known_1000's subjects), a float scale, or an explicit array [samples, subject tokens,
     d_model]; a scale multiplies `numpy.random.RandomState(seed).randn(samples, subject tokens, d_model)` as in
     the original. uniform draws U(-1, 1) x scale instead; replace sets the subject's token embeddings to the noise
@@ -381,11 +383,17 @@ def trace(
     (paper Fig. 3). token_range: restore only these tokens (None: all, "subject_last", or token indices); the
     others' scores are NaN. chunk: lanes (pairs of layers) vmapped together; default one at a time on CPU, all at
     once on accelerators. progress: say on stderr what is traced before the (seconds-long) program runs.
+    download: whether known_1000, whose subjects "s<factor>" needs by default, is fetched if missing (as
+    jrome.data.fetch; None: on first use unless offline).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}")
+    if kind not in (*KINDS, "all"):
+        raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}, all")
     if not isinstance(window, int | np.integer) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
+    if noise_subjects is None and isinstance(noise, str):
+        from ..data import load_known
+
+        noise_subjects = [record["subject"] for record in load_known(download=download)]
     runs = corrupt_and_clean(
         lm, prompt, subject, samples=samples, noise=noise, seed=seed, uniform=uniform, replace=replace, answer=answer,
         noise_subjects=noise_subjects,
@@ -394,4 +402,6 @@ def trace(
         tokens, layers = len(runs.ids), lm.config.n_layers
         print(f"causal trace ({kind}): {tokens} tokens x {layers} layers restored, {runs.samples} noise samples each, "
               "in one compiled program", file=sys.stderr, flush=True)  # fmt: skip
-    return restore(lm, runs, kind, window=window, sever=sever, token_range=token_range, chunk=chunk)
+    kinds = KINDS if kind == "all" else (kind,)
+    results = {k: restore(lm, runs, k, window=window, sever=sever, token_range=token_range, chunk=chunk) for k in kinds}
+    return results if kind == "all" else results[kind]
