@@ -75,17 +75,18 @@ class Corpus:
             yield from _units(path, self.lines)
 
     def pieces(self) -> Iterator[str]:
-        """The text in pieces of just over CHUNK_CHARS characters, each cut after a line end."""
-        piece: list[str] = []
-        size = 0
-        for unit in self.units():
-            piece.append(unit)
-            size += len(unit)
-            if size > CHUNK_CHARS:
+        """The text in pieces of just over CHUNK_CHARS characters, each cut after a line end or at a file's end."""
+        for path in self.files():
+            piece: list[str] = []
+            size = 0
+            for unit in _units(path, self.lines):
+                piece.append(unit)
+                size += len(unit)
+                if size > CHUNK_CHARS:
+                    yield "".join(piece)
+                    piece, size = [], 0
+            if piece:
                 yield "".join(piece)
-                piece, size = [], 0
-        if piece:
-            yield "".join(piece)
 
     def records(self) -> Iterator[str]:
         """The non-empty records (lines, or a hub dataset's rows), stripped."""

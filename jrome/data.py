@@ -178,15 +178,23 @@ def _download(url: str, dest: Path, entry: Remote, name: str, progress: bool) ->
     try:
         if entry.size is None or have < entry.size:
             with open(part, "ab") as f:
-                http_get(url, f, resume_size=have, expected_size=entry.size, displayed_filename=name, **quiet)
+                http_get(url, f, resume_size=have, displayed_filename=name, **quiet)
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", None)
         if status != 416:  # 416: the part is already whole (or longer than the file): checked below
+            _drop_empty(part)
             raise FileNotFoundError(f"{url} answered {status}: {name} is not published there") from None
     except Exception as err:  # the transport's own errors (connection refused, DNS, timeouts) are not OSErrors
+        _drop_empty(part)
         raise unreachable(url, err, name) from None
     _check(part, entry, url)
     os.replace(part, dest)
+
+
+def _drop_empty(part: Path) -> None:
+    """A .part that nothing arrived in is removed (what did arrive is kept, to be continued)."""
+    if part.is_file() and part.stat().st_size == 0:
+        part.unlink()
 
 
 def _check(part: Path, entry: Remote, url: str) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data import data_dir, fetch
+from ..data import data_dir, fetch, find, may_download, missing
 from ..editing.requests import Request
 
 DATASETS = ("counterfact", "zsre")
@@ -142,12 +142,10 @@ def dataset_path(name: str, *, download: bool | None = None) -> Path:
     for candidate in FILES[name]:
         if (data_dir() / candidate).is_file():
             return data_dir() / candidate
-    try:
-        return fetch(name, download=download)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"dataset {name!r}: {err} (also read from {data_dir()}: {', '.join(FILES[name])})"
-        ) from None
+    if find(name) is None and not may_download(download):
+        where = f"{data_dir()} (as {', '.join(FILES[name])})"
+        raise missing(f"dataset {name!r} is not in {where} nor cached", name, download)
+    return fetch(name, download=download)
 
 
 def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool | None = None) -> tuple[str, Path]:
