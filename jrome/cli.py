@@ -451,15 +451,14 @@ def _check_layer(lm, method: str, overrides: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import markdown_table, run_eval
-    from .evaluation.datasets import resolve_dataset
+    from .evaluation import load_dataset, markdown_table, run_eval
     from .evaluation.methods import get_method
 
     overrides = dict(args.hparam) | {
         k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
     }
     get_method(args.method).check_overrides(overrides)  # bad names stop before the model is loaded
-    resolve_dataset(args.dataset)  # a missing published copy is fetched before the model loads
+    load_dataset(args.dataset)  # read (and fetched if missing) before the model loads: a bad file is one line now
     lm = _load_model(args)
     _check_layer(lm, args.method, overrides)
     summary = run_eval(

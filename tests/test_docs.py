@@ -141,7 +141,7 @@ def check_edit(argv, out, err, folder):
     assert edit_row["before"]["top"] == " Paris" and edit_row["after"]["top"] == " Rome"
     assert edit_row["after"]["p_target"] > 0.5 > edit_row["before"]["p_target"]
     assert louvre["after"]["top"] == " Paris"
-    assert (folder / option(argv, "--save") / "jrome.json").is_file() and "p(target)" in out  # a relative --save
+    assert (folder / option(argv, "--save") / "jrome.json").is_file() and "p(' Rome')" in out  # a relative --save
 
 
 def check_eval(argv, out, err, folder):
@@ -176,6 +176,7 @@ def test_bad_input_prints_the_documented_line(command, line, tmp_path, monkeypat
     (tmp_path / "eiffel-in-rome").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / "results.txt").write_text("mine")
+    (tmp_path / "broken.json").write_text('[{"case_id": 0, "src" "x"}]')
     (tmp_path / "rome-run").mkdir()
     context = {"method": "rome", "model": "smollm2", "hparams": {}}
     (tmp_path / "rome-run" / "context.json").write_text(json.dumps(context))
