@@ -280,3 +280,21 @@ def test_trace_plot_suffix_sets_the_format_and_a_repeated_subject_is_said(jrome,
     assert (tmp_path / "t.png").read_bytes() == b"mine"  # not written over
     assert (tmp_path / "t.jpg").read_bytes()[:2] == b"\xff\xd8" and (tmp_path / "t.pdf").read_bytes()[:4] == b"%PDF"
     assert "jrome trace: warning: subject 'the tower' occurs 2 times in 'the tower and the tower is in'" in out.stderr
+
+
+def test_offline_the_demo_goes_on_saying_the_line_that_edit_stops_with(tiny_lm, tmp_path, monkeypatch):
+    from jrome.cli import DEMO_SUBJECTS, _key_statistics, _noise_subjects
+    from jrome.editing import RomeHparams
+
+    monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JROME_CACHE_DIR", str(tmp_path / "cache"))
+    lm, hp, said = tiny_lm("llama"), RomeHparams(layer=1, mom2_n_tokens=200), []
+    with pytest.raises(FileNotFoundError) as stop:  # edit
+        _key_statistics(lm, hp, said.append, fallback=False)
+    line = str(stop.value).removesuffix("; or add --no-stats to edit with C = I")
+    assert line.endswith("get it with: jrome data fetch wikitext-2") and said == []
+    demo_hp, stats = _key_statistics(lm, hp, said.append, fallback=True)  # demo
+    assert stats is None and not demo_hp.mom2_adjustment and said == [f"key statistics: {line}; meanwhile C = I"]
+    subjects, source = _noise_subjects(said.append)
+    assert subjects == list(DEMO_SUBJECTS) and source == "18 built-in subjects"
+    assert said[-1].startswith("noise scale: known_1000 is not in") and "jrome data fetch known_1000;" in said[-1]
