@@ -245,12 +245,12 @@ def jrome_equal(a, b) -> bool:
 
 
 PYTHON_DOCS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md") if python_blocks(str(p.relative_to(ROOT))))  # fmt: skip
-SMALL_DATA = {"known_1000.json": 12, "counterfact/counterfact-edit.json": 3}  # records the docs' examples read
+SMALL_DATA = {"known_1000.json": 6, "counterfact/counterfact-edit.json": 2}  # records the docs' examples read
 
 
 @pytest.fixture
 def small_data(tmp_path, monkeypatch):
-    """A data folder with the shared files cut short (a dozen known facts, three CounterFact cases, 200 lines of each
+    """A data folder with the shared files cut short (six known facts, two CounterFact cases, 200 lines of each
     WikiText-2 file), so each documented example runs as written in seconds: the smallest settings it allows."""
     from conftest import data_file
 
