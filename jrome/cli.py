@@ -82,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_SUBJECTS = (  # used for the noise scale when known_1000 is not in $JROME_DATA_DIR
+DEMO_SUBJECTS = (  # the noise scale of the demo offline, without known_1000
     "The Eiffel Tower", "The Space Needle", "Barack Obama", "Danielle Darrieux", "Steve Jobs", "Apple",
     "The Louvre", "Mount Everest", "Toyota", "Albert Einstein", "The Amazon River", "Microsoft",
     "William Shakespeare", "The Great Wall of China", "Nintendo", "Marie Curie", "Lake Victoria", "BMW",
