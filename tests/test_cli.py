@@ -165,7 +165,7 @@ def test_edit_without_wikitext_says_how_and_runs_with_no_stats(jrome, tmp_path, 
     small = ("--hparam", "context_template_length_params=[[5,3]]", "--hparam", "v_num_grad_steps=15")
     out = jrome(*request, "--no-stats", "--json", str(tmp_path / "e.json"), *small)
     assert out.returncode == 0, out.stderr
-    assert "key statistics: none (--no-stats), so C = I" in out.stderr
+    assert "key statistics: none (--no-stats or mom2_adjustment=false), so C = I" in out.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["hparams"]["mom2_adjustment"] is False and result["checks"][0]["after"]["top"] == " Rome"
     assert result["hparams"]["context_template_length_params"] == [[5, 3]]  # --hparam reaches the edit
