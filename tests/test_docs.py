@@ -273,6 +273,7 @@ def test_every_doc_with_python_examples_is_run():
 
 
 @pytest.mark.slow
+@pytest.mark.docs_examples
 @pytest.mark.parametrize("doc", PYTHON_DOCS)
 def test_documented_python_runs_as_written(doc, small_data, tmp_path):
     """Each doc's Python blocks, in order, in one namespace; docs/scaling.md's mesh in a process of six CPU devices."""
