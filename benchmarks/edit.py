@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 import jrome  # noqa: E402
+from jrome.corpus import open_corpus  # noqa: E402
 from jrome.editing import edit, key_statistics, load_preset  # noqa: E402
 from jrome.editing.requests import Request  # noqa: E402
 from jrome.tokens import fact_index  # noqa: E402
@@ -201,7 +202,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
         model.requires_grad_(False)
         windows = jrome.editing.stats.corpus_windows(
-            lm.tokenizer, jrome.editing.stats.corpus_files("wikitext-2"), args.stats_tokens, 128
+            lm.tokenizer, open_corpus("wikitext-2").pieces(), args.stats_tokens, 128
         )
         t_stats = torch_statistics(model, lm.tokenizer, layer, windows)
         print(f"\ntorch hooks: key statistics {t_stats:.1f} s = {t_stats / windows.size * 1e4:.2f} s per 10k tokens "

@@ -23,9 +23,10 @@ from common import machine  # noqa: E402
 from edit import REQUEST, torch_statistics  # noqa: E402
 
 import jrome  # noqa: E402
+from jrome.corpus import open_corpus  # noqa: E402
 from jrome.editing import RomeHparams, key_statistics  # noqa: E402
 from jrome.editing.rome import rank_one_update  # noqa: E402
-from jrome.editing.stats import KeySolver, corpus_files, corpus_windows  # noqa: E402
+from jrome.editing.stats import KeySolver, corpus_windows  # noqa: E402
 
 LAYER = 4
 
@@ -77,7 +78,7 @@ def main() -> None:
 
         path = embedded_path()
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
-        windows = corpus_windows(lm.tokenizer, corpus_files("wikitext-2"), 20_000, 128)
+        windows = corpus_windows(lm.tokenizer, open_corpus("wikitext-2").pieces(), 20_000, 128)
         torch_statistics(model, None, LAYER, windows[:16])  # warm-up
         torch_seconds = torch_statistics(model, None, LAYER, windows)
         _, jrome_seconds = stats(windows.size)

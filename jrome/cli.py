@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,20 +82,56 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_SUBJECTS = (  # used for the noise scale when known_1000 is not in $JROME_DATA_DIR
+DEMO_SUBJECTS = (  # the noise scale of the demo offline, without known_1000
     "The Eiffel Tower", "The Space Needle", "Barack Obama", "Danielle Darrieux", "Steve Jobs", "Apple",
     "The Louvre", "Mount Everest", "Toyota", "Albert Einstein", "The Amazon River", "Microsoft",
     "William Shakespeare", "The Great Wall of China", "Nintendo", "Marie Curie", "Lake Victoria", "BMW",
 )  # fmt: skip
 
 
+def _noise_subjects(say: Callable[[str], None]) -> tuple[list[str], str]:
+    """The subjects whose embedding spread sets the noise scale: known_1000's (fetched on first use), else, offline,
+    the built-in ones, said with the line that names the command fetching known_1000."""
+    from .data import load_known
+
+    try:
+        return [record["subject"] for record in load_known()], "the subjects of known_1000"
+    except OSError as err:
+        say(f"noise scale: {err}; meanwhile {len(DEMO_SUBJECTS)} built-in subjects")
+        return list(DEMO_SUBJECTS), f"{len(DEMO_SUBJECTS)} built-in subjects"
+
+
+def _peak_layer(result) -> int:
+    """The layer whose MLP window restores the most at the last subject token (how the presets' layers are chosen)."""
+    import numpy as np
+
+    return int(np.nanargmax(result.scores[result.subject_range[1] - 1]))
+
+
+def _key_statistics(lm, hp, say: Callable[[str], None], *, fallback: bool) -> tuple[Any, Any]:
+    """(hparams, key statistics) of an edit: published where the preset names them, else computed, a hub corpus
+    fetched on first use. Without them: with `fallback`, C = I and the reason said; else the reason as one error."""
+    from .editing.stats import statistics_for
+
+    if not hp.mom2_adjustment:
+        say("key statistics: none (--no-stats or mom2_adjustment=false), so C = I; the paper's ROME uses them")
+        return hp, None
+    try:
+        stats = statistics_for(lm, hp, hp.layer)[hp.layer]
+    except OSError as err:
+        if not fallback:
+            raise type(err)(f"{err}; or add --no-stats to edit with C = I") from None
+        say(f"key statistics: {err}; meanwhile C = I")
+        return hp.override(mom2_adjustment=False), None
+    say(f"key statistics at layer {hp.layer}: {stats.count} tokens of {stats.corpus} (cached for next time)")
+    return hp, stats
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Load SmolLM2, trace the Eiffel Tower fact, move it to Rome with ROME, and compare generations."""
     from pathlib import Path
 
-    from .data import data_path
     from .editing import edit, hparams_for
-    from .editing.stats import statistics_for
     from .evaluation.methods import get_method
     from .generation import generate
     from .models.loading import load, param_count
@@ -121,11 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"    {row['prompt']!r} -> " + ", ".join(f"{t['token']!r} {t['p']:.2f}" for t in row["top"]))
 
-    try:
-        subjects, source = None, "the subjects of known_1000"
-        data_path("known_1000.json")
-    except FileNotFoundError:
-        subjects, source = list(DEMO_SUBJECTS), f"{len(DEMO_SUBJECTS)} built-in subjects (known_1000 not found)"
+    subjects, source = _noise_subjects(step)
     scale = 3 * noise_std(lm, subjects)
     step(
         f"causal trace of {prompt!r}, subject {subject!r}: {args.samples} noise samples, scale {scale:.3f} (3 sd over {source})"
@@ -136,10 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "high_score": runs.high_score,
         "low_score": runs.low_score,
     }
-    pictures = []
+    pictures, results = [], {}
     for kind in KINDS:
         t0 = time.perf_counter()
-        result = restore(lm, runs, kind)
+        result = results[kind] = restore(lm, runs, kind)
         path = out / f"trace_{kind}.png"
         plot_trace(result, path, model_name=lm.name)
         pictures.append(str(path))
@@ -152,19 +186,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
     hp = hparams_for(lm.name, cfg.family).override(**overrides)
-    stats = None
-    if hp.mom2_adjustment:
-        try:  # the published file where there is one, else computed
-            stats = statistics_for(lm, hp, hp.layer)[hp.layer]
-            step(f"key statistics at layer {hp.layer}: {stats.count} tokens of {stats.corpus} (cached for next time)")
-        except FileNotFoundError:  # unlike `edit`, the demo goes on: it shows the method, not the paper's numbers
-            hp = hp.override(mom2_adjustment=False)
-            step(
-                "key statistics: wikitext-2 is not in $JROME_DATA_DIR, so C = I (set JROME_DATA_DIR for the paper's "
-                "setting)"
-            )
-    else:
-        step("key statistics: not used (mom2_adjustment=false), so C = I")
+    if hp.layer is None:  # a model without a preset: the layer the MLP trace points to
+        hp = hp.override(layer=_peak_layer(results["mlp"]))
+        step(f"no preset layer for {lm.name}: layer {hp.layer}, the MLP peak at the last subject token of the trace")
+    hp, stats = _key_statistics(lm, hp, step, fallback=True)  # unlike `edit`, the demo goes on with C = I
     before = {name: generate(lm, [text], args.tokens)[0] for name, text in checks.items()}
     t0 = time.perf_counter()
     new, undo = edit(
@@ -195,18 +220,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_suffix(path: str, kind: str, many: bool, suffix: str) -> str:
-    """out.png → out_hidden.png when several kinds are traced; the suffix sets the format."""
-    stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
-    return f"{stem}_{kind}{suffix}" if many else f"{stem}{suffix}"
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
 
 
-def _noise_arg(text: str) -> str | float:
-    """A float scale, or the text itself ("s3"), which the library parses and checks."""
+def plot_paths(path: str, kind: str, many: bool) -> list[str]:
+    """The files `--plot PATH` writes for one kind: PATH in the format its suffix names (none: .png) and a PDF beside
+    it; out_hidden.png etc. when several kinds are traced. An unknown suffix is an error listing the accepted ones."""
+    stem, suffix = os.path.splitext(path)
+    suffix = suffix.lower() or ".png"
+    if suffix not in PLOT_SUFFIXES:
+        raise ValueError(f"--plot {path}: the suffix sets the picture's format; accepted: {', '.join(PLOT_SUFFIXES)}")
+    stem = f"{stem}_{kind}" if many else stem
+    return [stem + suffix] + ([stem + ".pdf"] if suffix != ".pdf" else [])
+
+
+def noise_arg(text: str) -> str | float:
+    """An argparse type for --noise: a positive float scale, or the text itself ("s3"), which the library checks."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return text
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive scale (accepted: s3, s<factor>, or a number > 0)")
+    return value
 
 
 def _token_range_arg(text: str | None) -> str | list[int] | None:
@@ -227,14 +263,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     token_range = _token_range_arg(args.token_range)
-    if isinstance(_noise_arg(args.noise), str):  # "s<factor>" scales by known_1000's subjects: fetched if missing
+    if isinstance(args.noise, str):  # "s<factor>" scales by known_1000's subjects: fetched if missing
         from .data import fetch
 
-        fetch("known_1000.json")
+        fetch("known_1000")
     lm = _load_model(args)
     start = time.perf_counter()
     runs = corrupt_and_clean(
-        lm, args.prompt, args.subject, samples=args.samples, noise=_noise_arg(args.noise), seed=args.seed,
+        lm, args.prompt, args.subject, samples=args.samples, noise=args.noise, seed=args.seed,
         uniform=args.uniform, replace=args.replace, answer=args.answer,
     )  # fmt: skip
     print(
@@ -253,7 +289,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         )
         results[kind] = result.to_dict()
         if args.plot:
-            paths = [_with_suffix(args.plot, kind, len(kinds) > 1, suffix) for suffix in (".png", ".pdf")]
+            paths = plot_paths(args.plot, kind, len(kinds) > 1)
             plot_trace(result, *paths, model_name=lm.name)
             written += paths
     if args.json:
@@ -264,13 +300,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import FILES, fetch, remote
+    from .corpus import HUB, fetch_corpus
+    from .data import FILES, fetch, file_name
 
     names = list(FILES) if "all" in args.names else args.names
+    corpora = [name for name in names if name in HUB or name.startswith("hf:")]
     for name in names:
-        remote(name)  # an unknown name stops before any download
+        if name not in corpora:
+            file_name(name)  # an unknown name stops before any download
     for name in names:
-        print(f"{name}: {fetch(name, progress=not args.quiet)}")
+        if name in corpora:
+            paths = fetch_corpus(name)
+            print(f"{name}: {len(paths)} file{'s' * (len(paths) > 1)} in {paths[0].parent}")
+        else:
+            print(f"{file_name(name)}: {fetch(name, download=True, progress=not args.quiet)}")
     return 0
 
 
@@ -280,7 +323,7 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
     from .data import fetch, load_known
     from .tracing.dataset import NO_CORRECT, trace_dataset
 
-    facts = load_known(fetch("known_1000.json") if args.facts == "known_1000" else args.facts)
+    facts = load_known(fetch(args.facts) if args.facts in ("known_1000", "known_1000.json") else args.facts)
     subjects = [f["subject"] for f in facts]  # "s3" scales by all the file's subjects, as the original's --fact_file
     if args.n is not None:
         if args.n > len(facts):
@@ -288,7 +331,7 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
         facts = facts[: args.n]
     lm = _load_model(args)
     summary = trace_dataset(
-        lm, facts, args.kinds, samples=args.samples, noise=_noise_arg(args.noise), window=args.window,
+        lm, facts, args.kinds, samples=args.samples, noise=args.noise, window=args.window,
         seed=args.seed, sever=args.sever, noise_subjects=subjects, max_batch_bytes=args.max_batch_bytes, out=args.out,
     )  # fmt: skip
     print(f"{summary.n_correct} of {summary.n_facts} facts answered correctly and traced", end="")
@@ -321,14 +364,23 @@ def _fact_rows(lm, prompts: Sequence[str], target: int, old: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def cmd_edit(args: argparse.Namespace) -> int:
-    from .editing import edit, hparams_for
-    from .editing.requests import Request, target_ids
-    from .editing.stats import statistics_for
-    from .evaluation.methods import get_method
-    from .models.checkpoint import export_hf, save
+def _edit_hparams(args: argparse.Namespace, lm, req) -> Any:
+    """The edit's hyperparameters: the preset with the command's overrides, and for a model without a preset layer
+    the MLP peak of a causal trace of the request at its last subject token (said, with how to choose another)."""
+    from .editing import hparams_for
+    from .tracing import trace
 
-    req = Request.parse({"prompt": args.prompt, "subject": args.subject, "target_new": args.target})
+    hp = hparams_for(lm.name, lm.config.family).override(**_edit_overrides(args))
+    if hp.layer is None:
+        subjects, _ = _noise_subjects(_say)
+        found = trace(lm, req.text, req.subject, kind="mlp", noise_subjects=subjects, token_range="subject_last")
+        hp = hp.override(layer=_peak_layer(found))
+        _say(f"no preset layer for {lm.name}: layer {hp.layer}, the MLP peak of a causal trace at the last subject "
+             "token (--layer N chooses another)")  # fmt: skip
+    return hp
+
+
+def _edit_overrides(args: argparse.Namespace) -> dict:
     overrides = dict(args.hparam) | {
         k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
     }
@@ -336,36 +388,46 @@ def cmd_edit(args: argparse.Namespace) -> int:
         overrides["rrome"] = True
     if args.no_stats:
         overrides["mom2_adjustment"] = False
-    get_method("rome").check_overrides(overrides)  # before the model loads
+    return overrides
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .editing import edit
+    from .editing.requests import Request, target_ids
+    from .evaluation.methods import get_method
+    from .models.checkpoint import export_hf, save
+
+    req = Request.parse({"prompt": args.prompt, "subject": args.subject, "target_new": args.target})
+    get_method("rome").check_overrides(_edit_overrides(args))  # before the model loads
     lm = _load_model(args)
-    target = target_ids(lm, req)[0]  # the request against the tokenizer, before the statistics; scored by this rule
-    hp = hparams_for(lm.name, lm.config.family).override(**overrides)
-    stats = None
-    if hp.mom2_adjustment:
-        try:  # the published statistics (fetched if missing) where the preset names them, else computed
-            stats = statistics_for(lm, hp, hp.layer, download=True)[hp.layer]
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}; or add --no-stats to edit with C = I") from None
-    else:
-        print("key statistics: none (--no-stats), so C = I; the paper's ROME uses them", file=sys.stderr)
-    prompts = [req.text, *args.check]
+    targets = target_ids(lm, req)  # the request against the tokenizer, before the statistics
+    hp, stats = _key_statistics(lm, _edit_hparams(args, lm, req), _say, fallback=False)
+    prompts = [req.text, *(check.replace("{}", req.subject) for check in args.check)]
     probe = _fact_rows(lm, [req.text], 0, 0)[0]
     old = lm.tokenizer(probe["top"], add_special_tokens=False)["input_ids"][0]
-    before = _fact_rows(lm, prompts, target, old)
+    before = _fact_rows(lm, prompts, targets[0], old)
     start = time.perf_counter()
     new, undo = edit(lm, req, hp, stats=stats, seed=args.seed)
     seconds = time.perf_counter() - start
-    after = _fact_rows(new, prompts, target, old)
+    after = _fact_rows(new, prompts, targets[0], old)
+    label = repr(lm.tokenizer.decode(targets[:1]))
     print(f"edited layer {hp.layer} in {seconds:.1f}s: {req.text!r} -> {args.target!r} (was {probe['top']!r})")
+    if len(targets) > 1:
+        print(f"p({label}) is the first of the target's {len(targets)} tokens: the next token after each prompt")
     rows = []
     for prompt, b, a in zip(prompts, before, after, strict=True):
         rows.append({"prompt": prompt, "before": b, "after": a})
         print(prompt)
         for when, r in (("before", b), ("after", a)):
-            print(f"  {when:6s} top {r['top']!r:14s} p={r['p_top']:.4f}   p(target)={r['p_target']:.4f}   "
+            print(f"  {when:6s} top {r['top']!r:14s} p={r['p_top']:.4f}   p({label})={r['p_target']:.4f}   "
                   f"p(old)={r['p_old']:.4f}")  # fmt: skip
     payload = {
         "request": dataclasses.asdict(req), "layer": hp.layer, "hparams": hp.to_dict(), "old_answer": probe["top"],
+        "target_token": lm.tokenizer.decode(targets[:1]), "target_tokens": len(targets),
         "seconds": seconds, "losses": [x for x in undo.edits[0].losses[:, 0].tolist() if x == x], "checks": rows,
     }  # fmt: skip
     if args.json:
@@ -379,20 +441,34 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_layer(lm, method: str, overrides: dict) -> None:
+    """A model without a preset layer needs one from the command line (every case is edited there): said in one line
+    before any case is edited."""
+    from .editing import hparams_for
+
+    kind, key, flag = {"rome": ("rome", "layer", "--layer N"), "r-rome": ("rome", "layer", "--layer N"),
+                       "memit": ("memit", "layers", "--hparam layers=[...]")}.get(method, (None, None, None))  # fmt: skip
+    if kind and overrides.get(key) is None and getattr(hparams_for(lm.name, lm.config.family, kind), key) is None:
+        raise ValueError(
+            f"no {method} preset layer for {lm.name}: add {flag} (e.g. the MLP peak at the last subject token of "
+            "`jrome trace --kind mlp`)"
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import markdown_table, run_eval
-    from .evaluation.datasets import resolve_dataset
+    from .evaluation import load_dataset, markdown_table, run_eval
     from .evaluation.methods import get_method
 
     overrides = dict(args.hparam) | {
         k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
     }
     get_method(args.method).check_overrides(overrides)  # bad names stop before the model is loaded
-    resolve_dataset(args.dataset, download=True)  # a missing published copy is fetched before the model loads
+    load_dataset(args.dataset)  # read (and fetched if missing) before the model loads: a bad file is one line now
     lm = _load_model(args)
+    _check_layer(lm, args.method, overrides)
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
-        seed=args.seed, pre_from=args.pre_from, batch=args.batch, download=True,
+        seed=args.seed, pre_from=args.pre_from, batch=args.batch,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
     print(f"mean seconds per case: edit {summary['seconds_edit']:.2f}, scoring {summary['seconds_score']:.2f}")
@@ -401,9 +477,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, payload: object) -> None:
-    from .files import atomic_write_text
+    from .files import atomic_write_text, json_safe
 
-    atomic_write_text(path, json.dumps(payload, indent=2))
+    atomic_write_text(path, json.dumps(json_safe(payload), indent=2))
 
 
 def count(minimum: int = 1) -> Callable[[str], int]:
@@ -500,7 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def trace_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--samples", type=count(), default=10, help="noise samples per corruption (>= 1)")
-        p.add_argument("--noise", default="s3", help="s3 (3 x std of the subjects' token embeddings) or a float scale")
+        p.add_argument(
+            "--noise", type=noise_arg, default="s3",
+            help="s3 (3 x std of the subjects' token embeddings) or a positive float scale",
+        )  # fmt: skip
         p.add_argument("--window", type=count(), default=10, help="layers restored together for mlp/attn kinds (>= 1)")
         p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
         p.add_argument("--max-batch-bytes", type=byte_size, help="device memory a trace call may fill, e.g. 8G "
@@ -518,14 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sever", choices=["mlp", "attn"], help="freeze that module at the restored token (Fig. 3)")
     p.add_argument("--token-range", help="restore only these tokens: subject_last, or indices such as 0,3,9")
     p.add_argument("--json", help="write every field of the result, per kind")
-    p.add_argument("--plot", help="heatmap path (PNG; a PDF is written beside it); one per kind")
+    p.add_argument(
+        "--plot",
+        help="heatmap path, its suffix the format (.png, .jpg, .svg, .pdf); a PDF is written beside it; one per kind",
+    )
     p.set_defaults(run=cmd_trace)
 
     p = sub.add_parser(
         "trace-dataset", formatter_class=_Help, help="average indirect effects over known facts (paper Fig. 2)"
     )
     model_args(p)
-    p.add_argument("--facts", default="known_1000", help="known_1000 (from $JROME_DATA_DIR) or a JSON path")
+    p.add_argument("--facts", default="known_1000", help="known_1000 (fetched on first use) or a JSON path")
     p.add_argument("--n", type=count(), help="trace the first N facts (>= 1; default: all)")
     p.add_argument(
         "--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"],
@@ -587,13 +669,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "data", formatter_class=_Help,
-        help="fetch the paper's datasets and published key statistics into the cache ($JROME_CACHE_DIR/data)",
+        help="fetch the paper's datasets, published key statistics and corpora into the cache ($JROME_CACHE_DIR)",
     )  # fmt: skip
     p.add_argument("action", choices=["fetch"], help="what to do")
     p.add_argument(
         "names", nargs="+", metavar="NAME",
-        help="known_1000.json, counterfact.json, zsre_mend_eval.json, attribute_snippets.json, idf.npy, "
-        "tfidf_vocab.json, all (those six), or stats/<model>/wikipedia_stats/<module>_float32_mom2_100000.npz",
+        help="known_1000, counterfact, zsre, attribute_snippets, idf, tfidf_vocab, all (those six), a corpus for key "
+        "statistics (wikitext-2, wikitext, wikipedia: the files that hold 100,000 rows), or "
+        "stats/<model>/wikipedia_stats/<module>_float32_mom2_100000.npz",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_data)
@@ -625,7 +708,7 @@ def output_paths(args: argparse.Namespace) -> list[tuple[str, str, bool, bool]]:
     files = [("--json", getattr(args, "json", None))]
     if getattr(args, "plot", None):
         kinds = ["hidden", "mlp", "attn"] if args.kind == "all" else [args.kind]
-        files += [("--plot", _with_suffix(args.plot, k, len(kinds) > 1, s)) for k in kinds for s in (".png", ".pdf")]
+        files += [("--plot", path) for k in kinds for path in plot_paths(args.plot, k, len(kinds) > 1)]
     overwrite = getattr(args, "overwrite", False)
     folders = [("--out", getattr(args, "out", None), True), ("--save", getattr(args, "save", None), overwrite),
                ("--export-hf", getattr(args, "export_hf", None), overwrite)]  # fmt: skip
@@ -648,11 +731,40 @@ def interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
     )
 
 
+def check_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """An option the command does not have is argparse's one-line error naming it (and the nearest it has), before
+    argparse would report a required option as missing instead (`--promt` is not a missing `--prompt`)."""
+    import difflib
+
+    commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+    sub = commands.get(argv[0]) if argv else None
+    if sub is None:
+        return
+    known = [flag for action in sub._actions for flag in action.option_strings]
+    for word in argv[1:]:
+        if word == "--":
+            return
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and not any(k.startswith(flag) for k in known):  # argparse takes unique prefixes
+            near = difflib.get_close_matches(flag, known, n=1)
+            sub.error(f"unrecognized argument {flag}" + (f"; did you mean {near[0]}?" if near else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    check_options(parser, argv)
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # a warning is one line, like the errors; restored on return
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"jrome {args.command}: warning: {message}", file=sys.stderr
+        )
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .files import check_output
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
     try:
         for flag, path, folder, replace in output_paths(args):
             check_output(path, flag, folder=folder, replace=replace)

@@ -1,7 +1,12 @@
-"""The paper's public files (datasets and published key statistics): found in $JROME_DATA_DIR, else in the cache
-($JROME_CACHE_DIR/data), else — only when asked — fetched from the original's site ($JROME_DATA_URL) into the cache:
-resumably (a cut download continues from its `.part` file), atomically (a file is whole or absent) and checked
-(size, and sha256 where the published file is fixed and its digest is known)."""
+"""The public files jrome reads: the paper's datasets and published key statistics (from the original's site,
+$JROME_DATA_URL) and text corpora for key statistics (from the Hugging Face hub, $HF_ENDPOINT; see jrome.corpus).
+
+A file is found in $JROME_DATA_DIR, else in the cache ($JROME_CACHE_DIR), else fetched into the cache on first use
+through huggingface_hub: with a progress bar, resumably (a cut download continues from its `.part` file), atomically
+(a file is whole or absent) and checked (size, and sha256 where the published file is fixed and its digest known).
+Offline (JROME_OFFLINE=1 or HF_HUB_OFFLINE=1, or download=False) a missing file is one line naming the command that
+fetches it. Each file has one name, used by every function, command and message (`known_1000`, `counterfact`, ...).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,11 @@ import hashlib
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 BASE_URL = "https://rome.baulab.info/data"  # the original's REMOTE_ROOT_URL + "/data"
-VARIABLES = "JROME_DATA_DIR (a folder holding the file) or JROME_DATA_URL (a mirror of " + BASE_URL + ")"
+OFFLINE_VARIABLES = ("JROME_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,17 +31,17 @@ class Remote:
     sha256: str | None = None
 
 
-# The original's dataset files. Only known_1000.json has a pinned digest (taken from a copy of the published file);
-# for the others this project had no copy, so they are checked against the size the server announces.
+# The original's dataset files, by their one name. Only known_1000 has a pinned digest (taken from a copy of the
+# published file); for the others this project had no copy, so they are checked against the size the server announces.
 FILES = {
-    "known_1000.json": Remote(
+    "known_1000": Remote(
         "dsets/known_1000.json", 343_229, "61daca55318bb5260c1e62e133debef9102c7b278bbc7b19dd2ac655543f333a"
     ),
-    "counterfact.json": Remote("dsets/counterfact.json"),
-    "zsre_mend_eval.json": Remote("dsets/zsre_mend_eval.json"),
-    "attribute_snippets.json": Remote("dsets/attribute_snippets.json"),
-    "idf.npy": Remote("dsets/idf.npy"),
-    "tfidf_vocab.json": Remote("dsets/tfidf_vocab.json"),
+    "counterfact": Remote("dsets/counterfact.json"),
+    "zsre": Remote("dsets/zsre_mend_eval.json"),
+    "attribute_snippets": Remote("dsets/attribute_snippets.json"),
+    "idf": Remote("dsets/idf.npy"),
+    "tfidf_vocab": Remote("dsets/tfidf_vocab.json"),
 }
 # The original's published key statistics: stats/<model>/wikipedia_stats/<module>_<precision>_mom2_<samples>.npz
 STATS = re.compile(r"stats/[\w.-]+/wikipedia_stats/[\w.-]+_float(16|32|64)_mom2_\d+\.npz")
@@ -59,16 +62,56 @@ def base_url() -> str:
     return os.environ.get("JROME_DATA_URL", BASE_URL).rstrip("/")
 
 
-def remote(name: str) -> Remote:
-    """The published file `name` (a FILES name or a stats/... path); anything else is an error listing the names."""
-    if name in FILES:
-        return FILES[name]
-    if STATS.fullmatch(name):
-        return Remote(name)
-    raise ValueError(
-        f"unknown data file {name!r}; accepted: {', '.join(FILES)}, all, or "
-        "stats/<model>/wikipedia_stats/<module>_float32_mom2_100000.npz"
+def hub_endpoint() -> str | None:
+    """The Hugging Face hub (or mirror) to read from: $HF_ENDPOINT, read at each call (None: huggingface_hub's)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def offline_switch() -> str | None:
+    """The variable that makes jrome offline ("JROME_OFFLINE=1"), or None when it may download."""
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name}={os.environ[name]}"
+    return None
+
+
+def may_download(download: bool | None) -> bool:
+    """Whether a missing file is fetched: as `download` says, else (None) unless an offline switch is set."""
+    return offline_switch() is None if download is None else download
+
+
+def missing(what: str, name: str, download: bool | None) -> FileNotFoundError:
+    """The one line for a file that is not here and may not be fetched: what, why, and the command that gets it."""
+    why = "download=False" if download is False else f"jrome is offline ({offline_switch()})"
+    return FileNotFoundError(f"{what}, and {why}; get it with: jrome data fetch {name}")
+
+
+def unreachable(url: str, err: BaseException, name: str) -> OSError:
+    """The one line for a server that did not answer."""
+    return OSError(
+        f"cannot reach {url} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); offline? "
+        f"set JROME_OFFLINE=1 and JROME_DATA_DIR to a folder holding {name}, or JROME_DATA_URL / HF_ENDPOINT to a mirror"
     )
+
+
+def file_name(name: str) -> str:
+    """The one name of a published file: itself, or the FILES name whose file it is ("known_1000.json" is
+    "known_1000"); a stats/... path is its own name; anything else is an error listing the names."""
+    if name in FILES or STATS.fullmatch(name):
+        return name
+    by_file = {entry.path.rsplit("/", 1)[-1]: key for key, entry in FILES.items()}
+    if name in by_file:
+        return by_file[name]
+    raise ValueError(
+        f"unknown data file {name!r}; accepted: {', '.join(FILES)}, all, a corpus (wikitext-2, wikitext, wikipedia), "
+        "or stats/<model>/wikipedia_stats/<module>_float32_mom2_100000.npz"
+    )
+
+
+def remote(name: str) -> Remote:
+    """The published file `name` (see file_name)."""
+    name = file_name(name)
+    return FILES[name] if name in FILES else Remote(name)
 
 
 def published_stats_name(model: str, module: str, n_samples: int = 100_000, precision: str = "float32") -> str:
@@ -78,97 +121,87 @@ def published_stats_name(model: str, module: str, n_samples: int = 100_000, prec
 
 
 def find(name: str) -> Path | None:
-    """The file if it is already here: under $JROME_DATA_DIR (by name, or by its path on the site), else cached."""
+    """The file if it is already here: under $JROME_DATA_DIR (by its file name or its path on the site), else cached."""
     entry = remote(name)
-    for path in (data_dir() / name, data_dir() / entry.path, cache_dir() / "data" / entry.path):
+    for path in (
+        data_dir() / entry.path.rsplit("/", 1)[-1],
+        data_dir() / entry.path,
+        cache_dir() / "data" / entry.path,
+    ):
         if path.is_file():
             return path
     return None
 
 
-def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
-    """The local path of a published file: found here (see `find`), else downloaded into the cache when `download`.
+def fetch(name: str, *, download: bool | None = None, progress: bool = True) -> Path:
+    """The local path of a published file: found here (see `find`), else downloaded into the cache on first use.
 
-    Without `download`, or offline, a missing file is one FileNotFoundError/OSError naming the URL and the two
-    variables that point jrome at a local copy or a mirror. A wrong size or digest deletes the download."""
-    entry = remote(name)
+    download: None fetches unless jrome is offline (JROME_OFFLINE=1, HF_HUB_OFFLINE=1); False never; True always.
+    A missing file that may not be fetched is one FileNotFoundError naming the command that gets it; a server that
+    does not answer is one OSError. A wrong size or digest deletes the download."""
+    name, entry = file_name(name), remote(name)
     found = find(name)
     if found is not None:
         return found
+    if not may_download(download):
+        raise missing(f"{name} is not in {data_dir()} nor cached", name, download)
     url = f"{base_url()}/{entry.path}"
-    if not download:
-        raise FileNotFoundError(
-            f"{name} is not in {data_dir()} nor cached; fetch it from {url} (jrome data fetch {name}, or "
-            "download=True), or set JROME_DATA_DIR to a folder that has it"
-        )
     dest = cache_dir() / "data" / entry.path
     _download(url, dest, entry, name, progress)
     return dest
 
 
-def fetch_all(*, download: bool = True, progress: bool = True) -> list[Path]:
+def fetch_all(*, download: bool | None = None, progress: bool = True) -> list[Path]:
     """Every dataset file of FILES (published statistics are per model and layer: fetch those by name)."""
     return [fetch(name, download=download, progress=progress) for name in FILES]
 
 
-def _total(response: Any, start: int) -> int | None:
-    """The whole file's size from a 206's Content-Range or a 200's Content-Length."""
-    span = response.headers.get("Content-Range", "")
-    if "/" in span and span.rsplit("/", 1)[1].isdigit():
-        return int(span.rsplit("/", 1)[1])
-    length = response.headers.get("Content-Length")
-    return start + int(length) if length and length.isdigit() else None
+class Silent:
+    """A progress bar class that shows nothing (huggingface_hub's downloads take one as `tqdm_class`)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(*args, **(kwargs | {"disable": True}))
 
 
-def _download(url: str, dest: Path, entry: Remote, name: str, progress: bool, attempts: int = 4) -> None:
-    """Download into dest + ".part", continuing a part that is there (HTTP Range), up to `attempts` connections;
-    check size and digest, then rename into place."""
-    from tqdm.auto import tqdm
+def _download(url: str, dest: Path, entry: Remote, name: str, progress: bool) -> None:
+    """huggingface_hub's downloader into dest + ".part", continuing a part that is there (HTTP Range) and resuming a
+    cut connection itself; then the size and digest are checked and the file renamed into place."""
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.file_download import http_get
 
     part = dest.with_name(dest.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
-    total = entry.size
-    for _ in range(attempts):
-        have = part.stat().st_size if part.is_file() else 0
-        if total is not None and have >= total:
-            break
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        try:
-            response = urllib.request.urlopen(request, timeout=60)
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and have:  # the part is already whole (or longer than the file): check it below
-                break
-            raise FileNotFoundError(f"{url} answered {err.code} {err.reason}: {name} is not published there") from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise OSError(f"cannot reach {url} ({reason}); offline? set {VARIABLES}") from None
-        with response:
-            if have and response.status != 206:  # the server ignored the range: start over
-                have = 0
-            total = _total(response, have) or total
-            with (
-                open(part, "ab" if have else "wb") as f,
-                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=not progress) as bar,
-            ):
-                try:
-                    while chunk := response.read(CHUNK):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-                except (OSError, ValueError):  # a cut connection: continue from what arrived
-                    continue
-        if total is None or part.stat().st_size >= total:
-            break
-    _check(part, entry, total, url)
+    have = part.stat().st_size if part.is_file() else 0
+    quiet = {} if progress else {"tqdm_class": Silent}
+    try:
+        if entry.size is None or have < entry.size:
+            with open(part, "ab") as f:
+                http_get(url, f, resume_size=have, displayed_filename=name, **quiet)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status != 416:  # 416: the part is already whole (or longer than the file): checked below
+            _drop_empty(part)
+            raise FileNotFoundError(f"{url} answered {status}: {name} is not published there") from None
+    except Exception as err:  # the transport's own errors (connection refused, DNS, timeouts) are not OSErrors
+        _drop_empty(part)
+        raise unreachable(url, err, name) from None
+    _check(part, entry, url)
     os.replace(part, dest)
 
 
-def _check(part: Path, entry: Remote, total: int | None, url: str) -> None:
-    """The download has the announced size and the known size and digest; else it is deleted and an error says so."""
+def _drop_empty(part: Path) -> None:
+    """A .part that nothing arrived in is removed (what did arrive is kept, to be continued)."""
+    if part.is_file() and part.stat().st_size == 0:
+        part.unlink()
+
+
+def _check(part: Path, entry: Remote, url: str) -> None:
+    """The download has the known size and digest; else it is deleted and an error says so."""
     size = part.stat().st_size if part.is_file() else 0
     problem = None
-    if total is not None and size != total:
-        problem = f"got {size} bytes of {total} (the connection kept breaking; run again to continue)"
-    elif entry.size is not None and size != entry.size:
+    if entry.size is not None and size != entry.size:
         problem = f"it has {size} bytes, not the published {entry.size}"
     elif entry.sha256 is not None:
         digest = hashlib.sha256()
@@ -179,28 +212,22 @@ def _check(part: Path, entry: Remote, total: int | None, url: str) -> None:
             problem = f"its sha256 is {digest.hexdigest()}, not the published {entry.sha256}"
     if problem is None:
         return
-    if total is None or size >= total:  # whole but wrong: nothing of it is kept
-        part.unlink(missing_ok=True)
+    part.unlink(missing_ok=True)
     raise ValueError(f"download of {url} rejected: {problem}")
 
 
-def data_path(relative: str) -> Path:
-    """A dataset file under the data folder or fetched into the cache, else FileNotFoundError saying where to get it."""
-    path = data_dir() / relative
-    if path.is_file():
-        return path
-    if relative in FILES:
-        return fetch(relative, download=False)
-    raise FileNotFoundError(
-        f"{relative} is not in {data_dir()} (set JROME_DATA_DIR to the folder that holds it; see data/README.md)"
-    )
-
-
-def load_known(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """ROME's known facts: dicts with subject, attribute, template, prompt, relation_id, known_id."""
-    records = json.loads(Path(path or data_path("known_1000.json")).read_text())
+def load_known(path: str | os.PathLike | None = None, *, download: bool | None = None) -> list[dict[str, Any]]:
+    """ROME's known facts (the published known_1000 unless `path`): dicts with subject, attribute, template, prompt,
+    relation_id, known_id."""
+    path = Path(path) if path is not None else fetch("known_1000", download=download)
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of facts")
     for i, record in enumerate(records):
-        missing = [k for k in ("subject", "attribute", "prompt") if k not in record]
-        if missing:
-            raise ValueError(f"known-facts record {i} has no field {missing[0]!r}")
+        missing_field = [k for k in ("subject", "attribute", "prompt") if k not in record]
+        if missing_field:
+            raise ValueError(f"{path}: known-facts record {i} has no field {missing_field[0]!r}")
     return records

@@ -4,9 +4,11 @@ logs of finished work, which a resumed run reads back."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -97,9 +99,21 @@ def read_jsonl(path: str | os.PathLike, key: str, rewrite: bool = True) -> dict:
 
 
 def setting_diffs(saved: dict, current: dict) -> list[str]:
-    """What differs between recorded settings and these (compared as JSON), as "key X there, Y now"."""
+    """What differs between recorded settings and these (compared as JSON), as "key X there, Y now"; a setting the
+    recorded run did not note (made by an older jrome) is not compared."""
     current = json.loads(json.dumps(current))
-    return [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in current.items() if saved.get(k) != v]
+    return [f"{k} {saved[k]!r} there, {v!r} now" for k, v in current.items() if k in saved and saved[k] != v]
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None, so that json.dumps writes valid JSON (null, not NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def check_settings(folder: str | os.PathLike, settings: dict, log: str) -> None:

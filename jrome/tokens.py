@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,13 +28,21 @@ def spaced(answer: str) -> str:
     return answer if answer[:1].isspace() else " " + answer
 
 
+def one_start(tokenizer: Any, ids: list[int]) -> list[int]:
+    """ids with one start token where a tokenizer that adds its BOS met a text that begins with it ("<s>" sampled
+    from, as ROME's context templates are): two start tokens would be a prompt no model was trained on."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ids[1:] if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos else ids
+
+
 def encode(
     tokenizer: Any, texts: str | Sequence[str], *, padding_side: str = "left", multiple_of: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask [B, T] for a batch of texts, padded on the left (default) or right.
 
     Left padding keeps every prompt's last token in the last column, which is where next-token logits
-    are read; positions are derived from the mask, so padding never shifts a real token's position.
+    are read; positions are derived from the mask, so padding never shifts a real token's position. A text that
+    begins with the BOS a tokenizer adds itself keeps one (`one_start`).
     multiple_of rounds T up (e.g. 8), so batches of slightly different lengths share compiled code.
     """
     if padding_side not in ("left", "right"):
@@ -41,7 +50,7 @@ def encode(
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no texts to encode")
-    rows = [tokenizer(t)["input_ids"] for t in texts]
+    rows = [one_start(tokenizer, tokenizer(t)["input_ids"]) for t in texts]
     empty = [t for t, r in zip(texts, rows, strict=True) if not r]
     if empty:
         raise ValueError(f"text {empty[0]!r} tokenises to nothing")
@@ -60,8 +69,18 @@ def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([int(i)]) for i in ids]
 
 
+def check_prompt_end(prompt: str) -> None:
+    """A prompt is continued by its next token, which carries its own leading space (" Paris"): a prompt ending in
+    whitespace would be scored on a token after the space, where the answer cannot come. Such a prompt is an error."""
+    if prompt != prompt.rstrip():
+        raise ValueError(
+            f"the prompt {prompt!r} ends with whitespace; remove it (the answer's token brings its own space)"
+        )
+
+
 def subject_range(tokenizer: Any, prompt: str, subject: str) -> tuple[int, int]:
-    """The [start, end) token span of `subject` (its first occurrence) in the tokenised `prompt`.
+    """The [start, end) token span of `subject` (its first occurrence, with a warning if there are more) in the
+    tokenised `prompt`, which must not end with a space (see check_prompt_end).
 
     Works from character offsets, so a leading space, a BPE token that straddles the subject's edge and a
     BOS the tokenizer adds are all handled: every token that overlaps the subject's characters is in the span.
@@ -69,6 +88,13 @@ def subject_range(tokenizer: Any, prompt: str, subject: str) -> tuple[int, int]:
     needle = subject.strip() if isinstance(subject, str) else ""
     if not needle:
         raise ValueError(f"the subject is empty (got {subject!r}); give the words of the prompt it refers to")
+    check_prompt_end(prompt)
+    if prompt.count(needle) > 1:
+        warnings.warn(
+            f"subject {needle!r} occurs {prompt.count(needle)} times in {prompt!r}; the first is the subject (as in "
+            "the original)",
+            stacklevel=2,
+        )
     enc = tokenizer(prompt, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     first = prompt.find(needle)

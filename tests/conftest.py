@@ -16,6 +16,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA_DIR = Path(os.environ.get("JROME_DATA_DIR", SHARED / "data")).resolve()
 GOLDEN_DIR = Path(os.environ.get("JROME_GOLDEN_DIR", SHARED / "golden")).resolve()
 os.environ["JROME_DATA_DIR"] = str(DATA_DIR)  # the library, subprocesses and notebook kernels read the same folder
+# Nothing a test runs reaches the internet: a missing file is the offline one-line error. The tests of fetching unset
+# this and point jrome at a server on 127.0.0.1 (tests/hub.py).
+os.environ["JROME_OFFLINE"] = "1"
 
 
 def _one_core_per_worker() -> None:

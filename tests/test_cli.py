@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from jrome.cli import main
@@ -164,7 +165,7 @@ def test_edit_without_wikitext_says_how_and_runs_with_no_stats(jrome, tmp_path, 
     small = ("--hparam", "context_template_length_params=[[5,3]]", "--hparam", "v_num_grad_steps=15")
     out = jrome(*request, "--no-stats", "--json", str(tmp_path / "e.json"), *small)
     assert out.returncode == 0, out.stderr
-    assert "key statistics: none (--no-stats), so C = I" in out.stderr
+    assert "key statistics: none (--no-stats or mom2_adjustment=false), so C = I" in out.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["hparams"]["mom2_adjustment"] is False and result["checks"][0]["after"]["top"] == " Rome"
     assert result["hparams"]["context_template_length_params"] == [[5, 3]]  # --hparam reaches the edit
@@ -227,3 +228,73 @@ def test_ctrl_c_keeps_finished_cases_and_says_how_to_resume(jrome, tmp_path):
 def test_eval_checks_method_and_dataset_before_loading_the_model(jrome, tmp_path, args, message):
     out = jrome("eval", *args, "--n", "1", "--out", str(tmp_path / "o"), "--model", "/nonexistent/model")
     assert out.returncode == 2 and message in out.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A Llama-family checkpoint without a preset layer, with its tokenizer, as a user's exported folder is."""
+    from conftest import build_torch_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("my-llama")
+    build_torch_model("llama").save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def test_edit_on_a_model_without_a_preset_layer_takes_the_peak_of_a_trace(jrome, tiny_folder, tmp_path):
+    import re
+
+    import jrome as jr
+
+    out = jrome(
+        "edit", "--model", tiny_folder, "--prompt", "{} is located in the city of", "--subject", "the eiffel tower",
+        "--target", "paris rome", "--check", "{} is in the", "--no-stats", "--json", str(tmp_path / "e.json"),
+        "--hparam", "context_templates=[\"{}\"]", "--hparam", "v_num_grad_steps=2",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    said = re.search(r"no preset layer for \S+: layer (\d+), the MLP peak of a causal trace", out.stderr)
+    result = json.loads((tmp_path / "e.json").read_text())
+    lm = jr.load(tiny_folder)
+    trace = jr.trace(lm, "the eiffel tower is located in the city of", "the eiffel tower", kind="mlp", progress=False)
+    assert said and int(said.group(1)) == result["layer"] == int(np.argmax(trace.scores[trace.subject_range[1] - 1]))
+    assert result["checks"][1]["prompt"] == "the eiffel tower is in the"  # --check's {} is the subject
+    assert result["target_token"] == "paris" and result["target_tokens"] == 2
+    assert "p('paris') is the first of the target's 2 tokens" in out.stdout and "p('paris')=" in out.stdout
+
+
+def test_eval_on_a_model_without_a_preset_layer_names_the_flag_before_any_case(jrome, tiny_folder, tmp_path):
+    out = jrome("eval", "--model", tiny_folder, "--method", "rome", "--dataset", "zsre", "--n", "1",
+                "--out", str(tmp_path / "o"))  # fmt: skip
+    assert out.returncode == 2 and not (tmp_path / "o").exists()
+    assert out.stderr.strip().splitlines() == [
+        f"jrome eval: error: no rome preset layer for {tiny_folder}: add --layer N (e.g. the MLP peak at the last "
+        "subject token of `jrome trace --kind mlp`)"
+    ]
+
+
+def test_trace_plot_suffix_sets_the_format_and_a_repeated_subject_is_said(jrome, tiny_folder, tmp_path):
+    (tmp_path / "t.png").write_bytes(b"mine")
+    out = jrome("trace", "--model", tiny_folder, "--prompt", "the tower and the tower is in", "--subject", "the tower",
+                "--kind", "hidden", "--samples", "2", "--noise", "0.5", "--plot", str(tmp_path / "t.jpg"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t.png").read_bytes() == b"mine"  # not written over
+    assert (tmp_path / "t.jpg").read_bytes()[:2] == b"\xff\xd8" and (tmp_path / "t.pdf").read_bytes()[:4] == b"%PDF"
+    assert "jrome trace: warning: subject 'the tower' occurs 2 times in 'the tower and the tower is in'" in out.stderr
+
+
+def test_offline_the_demo_goes_on_saying_the_line_that_edit_stops_with(tiny_lm, tmp_path, monkeypatch):
+    from jrome.cli import DEMO_SUBJECTS, _key_statistics, _noise_subjects
+    from jrome.editing import RomeHparams
+
+    monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JROME_CACHE_DIR", str(tmp_path / "cache"))
+    lm, hp, said = tiny_lm("llama"), RomeHparams(layer=1, mom2_n_tokens=200), []
+    with pytest.raises(FileNotFoundError) as stop:  # edit
+        _key_statistics(lm, hp, said.append, fallback=False)
+    line = str(stop.value).removesuffix("; or add --no-stats to edit with C = I")
+    assert line.endswith("get it with: jrome data fetch wikitext-2") and said == []
+    demo_hp, stats = _key_statistics(lm, hp, said.append, fallback=True)  # demo
+    assert stats is None and not demo_hp.mom2_adjustment and said == [f"key statistics: {line}; meanwhile C = I"]
+    subjects, source = _noise_subjects(said.append)
+    assert subjects == list(DEMO_SUBJECTS) and source == "18 built-in subjects"
+    assert said[-1].startswith("noise scale: known_1000 is not in") and "jrome data fetch known_1000;" in said[-1]

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import data_file
 
 import jrome
 import jrome.evaluation.methods as methods
@@ -87,7 +88,7 @@ def test_summary_means_intervals_and_harmonic_score():
              "seconds": {"edit": 1, "score": 2}}]  # fmt: skip
     z = summarise(zsre, "zsre")["metrics"]
     assert list(z) == ["S", "efficacy", "paraphrase", "specificity"]
-    assert z["S"]["post"]["mean"] == pytest.approx(3 / (1 + 2 + 1)) and math.isnan(z["efficacy"]["post"]["ci95"])
+    assert z["S"]["post"]["mean"] == pytest.approx(3 / (1 + 2 + 1)) and z["efficacy"]["post"]["ci95"] is None
 
 
 def test_words_follow_nltk_treebank_rules():
@@ -324,7 +325,7 @@ def test_generation_metrics_of_original_format_records(smollm2, tmp_path, monkey
     monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path))
     summary = run_eval(smollm2, "none", tmp_path / "cf.json", out=tmp_path / "a", max_out_len=24, progress=False)
     assert "GE" in summary["metrics"] and "RS" not in summary["metrics"]
-    assert summary["notes"][0].startswith(f"RS not computed: attribute_snippets.json is not in {tmp_path} nor cached")
+    assert summary["notes"][0].startswith(f"RS not computed: attribute_snippets is not in {tmp_path} nor cached")
     (tmp_path / "tfidf_vocab.json").write_text(json.dumps({"tongue": 0, "speak": 1, "english": 2}))
     np.save(tmp_path / "idf.npy", np.ones(3))
     samples = [{"name": "X", "text": "English is the tongue they speak"}]
@@ -392,7 +393,10 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cases(smollm2, tmp_
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"dataset": "zsre"}, "dataset 'counterfact' there, 'zsre' now"),
+        (
+            {"dataset": "zsre"},
+            "dataset 'counterfact' there, 'zsre' now; dataset_file 'counterfact-edit.json' there, 'zsre_mend_train-1k.json' now",
+        ),
         ({"max_out_len": 20}, "max_out_len 0 there, 20 now"),
         ({"seed": 1}, "seed 0 there, 1 now"),
     ],
@@ -404,6 +408,19 @@ def test_a_run_resumes_only_with_the_same_dataset_and_scoring(smollm2, tmp_path,
     with pytest.raises(ValueError, match=f"{tmp_path} holds a run with other settings \\({message}\\); to start"):
         run_eval(smollm2, **run | change, progress=False)
     assert (tmp_path / "cases.jsonl").read_text() == before
+
+
+def test_the_file_scored_is_said_and_recorded_and_the_summary_is_strict_json(smollm2, tmp_path, capsys):
+    run_eval(smollm2, "none", "zsre", 1, tmp_path, max_out_len=0)  # $JROME_DATA_DIR has no zsre_mend_eval.json
+    fallback = data_file("zsre/zsre_mend_train-1k.json")
+    assert f"dataset zsre: 1000 cases from {fallback}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "settings.json").read_text())["dataset_file"] == "zsre_mend_train-1k.json"
+
+    def no_nan(word):
+        raise AssertionError(f"summary.json holds {word}")
+
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=no_nan)
+    assert summary["dataset_file"] == str(fallback) and summary["metrics"]["efficacy"]["pre"]["ci95"] is None
 
 
 def test_bad_input(smollm2, tmp_path):

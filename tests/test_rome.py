@@ -349,3 +349,68 @@ def test_an_edit_says_what_its_slow_steps_do_unless_asked_not_to(smollm2, capsys
     templates = rome_templates(smollm2, [[5, 2]], seed=7)
     edit(smollm2, request, small | {"mom2_n_tokens": 900, "context_templates": templates}, progress=False)  # new C
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [(["Rome"], r"target_new must be text such as 'Rome' .*got \['Rome'\]"), (None, "target_new must be text")],
+)
+def test_a_target_that_is_not_text_is_named(target, message):
+    with pytest.raises(ValueError, match=message):
+        Request.parse(EIFFEL | {"target_new": target})
+
+
+def test_a_counterfact_record_is_a_request_and_a_trailing_space_is_refused():
+    record = {
+        "case_id": 0,
+        "requested_rewrite": {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower",
+                              "target_new": {"str": "Rome", "id": "Q220"}, "target_true": {"str": "Paris"}},
+        "paraphrase_prompts": ["The Eiffel Tower is in the heart of"],
+    }  # fmt: skip
+    assert Request.parse(record) == Request.parse(EIFFEL)
+    with pytest.raises(ValueError, match="ends with whitespace"):
+        Request.parse(EIFFEL | {"prompt": "{} is located in the city of "})
+    with pytest.warns(UserWarning, match="subject 'the tower' occurs 2 times"):
+        assert Request.parse({"prompt": "the tower by the tower is in", "subject": "the tower", "target_new": "x"}).prompt == "{} by the tower is in"  # fmt: skip
+
+
+def test_undo_refuses_a_model_edited_again_since_or_of_another_dtype(tiny_lm):
+    lm = tiny_lm("llama")
+    hp = RomeHparams(layer=1, context_templates=("{}", "a new {}"), v_num_grad_steps=3, mom2_adjustment=False)
+    first = {"prompt": "{} is located in the city of", "subject": "the eiffel tower", "target_new": "rome"}
+    a, undo_a = edit(lm, first, hp, progress=False)
+    ab, undo_b = edit(a, first | {"subject": "the louvre", "target_new": "seattle"}, hp, progress=False)
+    with pytest.raises(ValueError, match="layer 1 is not what this edit produced .* undo the later edits first"):
+        undo_a(ab)
+    with pytest.raises(ValueError, match="layer 1 is not what this edit produced"):
+        undo_a(lm)  # never edited
+    back = undo_a(undo_b(ab))  # newest first: exact
+    chex.assert_trees_all_equal(back.params, lm.params)
+    half = a.replace(params=jax.tree.map(lambda x: x.astype(jnp.bfloat16), a.params))
+    with pytest.raises(ValueError, match="this undo holds float32 weights; the model's are bfloat16"):
+        undo_a(half)
+
+
+def bos_tokenizer():
+    """The tiny word-level tokenizer with a start token it adds itself, as Llama's does."""
+    from conftest import WORDS
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1, "<s>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>")
+
+
+def test_a_tokenizer_that_adds_its_start_token_gets_one(tiny_dir):
+    lm = jrome.load(tiny_dir("llama"), tokenizer=bos_tokenizer())
+    assert start_text(lm.tokenizer) == "<s>" and lm.tokenizer("<s>")["input_ids"] == [2, 2]  # what went wrong
+    ids, _ = jrome.encode(lm.tokenizer, ["<s>", "the tower"])
+    assert ids[0, -1] == 2 and ids[0, -2] != 2 and list(ids[1, -3:]) == [2, 3, 5]  # one start token each
+    assert all(len(row) == 5 and row[0] == 2 and 2 not in row[1:] for row in sample_to_length(lm, ["<s>"] * 3, 5))
+    templates = rome_templates(lm, ((5, 3),), seed=3)
+    assert len(templates) == 4 and not any("<s>" in t for t in templates), templates
+    prompt = lm.tokenizer(templates[1].format("the eiffel tower is in"))["input_ids"]
+    assert prompt[0] == 2 and 2 not in prompt[1:]  # the v* and key prompts begin with one start token

@@ -162,7 +162,9 @@ def test_eiffel_tower_shows_the_early_and_the_late_site(eiffel_hidden):
         ({"window": 0, "kind": "mlp"}, "window must be a positive integer"),
         ({"samples": 0}, "samples must be a positive integer"),
         ({"noise": np.zeros((2, 2, 576))}, r"noise array has shape \(2, 2, 576\); it must be .* \(3, 3, 576\)"),
-        ({"kind": "neurons"}, "kind='neurons'; accepted: hidden, mlp, attn"),
+        ({"kind": "neurons"}, "kind='neurons'; accepted: hidden, mlp, attn, all"),
+        ({"noise": -1.0}, r"noise=-1.0; accepted: .* \(a scale is positive\)"),
+        ({"prompt": "The Eiffel Tower is in "}, "ends with whitespace"),
         ({"kind": "mlp", "sever": "mlp"}, "sever applies to hidden-state traces only"),
         ({"noise": "x3"}, "noise='x3'; accepted"),
         ({"answer": ""}, "the answer '' is empty"),
@@ -201,3 +203,26 @@ def test_a_trace_says_what_it_traces_unless_asked_not_to(tiny_lm, capsys):
     assert capsys.readouterr().err == "causal trace (mlp): 9 tokens x 3 layers restored, 2 noise samples each, in one compiled program\n"  # fmt: skip
     quiet = trace(lm, kind="mlp", progress=False, **args)
     assert capsys.readouterr().err == "" and np.array_equal(loud.scores, quiet.scores)
+
+
+def test_all_kinds_from_one_pair_of_runs_and_known_1000_fetched_on_first_use(tiny_lm, tmp_path, monkeypatch):
+    from hub import Mirror
+
+    lm = tiny_lm("llama")
+    prompt, subject = "the eiffel tower is located in the city of", "the eiffel tower"
+    monkeypatch.setenv("JROME_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JROME_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="jrome is offline \\(JROME_OFFLINE=1\\); get it with: jrome data fetch known_1000$"):  # fmt: skip
+        trace(lm, prompt, subject, kind="all")
+    mirror = Mirror(tmp_path / "served").start()
+    try:
+        mirror.serve("dsets/known_1000.json", data_file("known_1000.json").read_bytes())
+        monkeypatch.setenv("JROME_DATA_URL", mirror.url)
+        results = trace(lm, prompt, subject, kind="all", samples=2, download=True, progress=False)  # asked: fetched
+    finally:
+        mirror.stop()
+    assert sorted(results) == ["attn", "hidden", "mlp"] and len(mirror.requests) == 1
+    for kind, result in results.items():
+        alone = trace(lm, prompt, subject, kind=kind, samples=2, progress=False)  # known_1000 now cached
+        np.testing.assert_array_equal(result.scores, alone.scores)
+        assert result.noise_scale == alone.noise_scale > 0

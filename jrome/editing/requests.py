@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from ..models.lm import LM
-from ..tokens import placeholder_span, spaced
+from ..tokens import check_prompt_end, placeholder_span, spaced
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,20 +21,25 @@ class Request:
 
     @classmethod
     def parse(cls, request: Request | dict[str, Any]) -> Request:
-        """A Request from itself or from a dict with prompt, subject and target_new (a string or {"str": ...})."""
+        """A Request from itself, from a dict with prompt, subject and target_new (a string or {"str": ...}), or
+        from a CounterFact record in the original format (its "requested_rewrite" is the request)."""
         if isinstance(request, Request):
             return request
+        if not isinstance(request, dict):
+            raise ValueError(f"a request is a dict with prompt, subject and target_new; got {request!r}")
+        request = request.get("requested_rewrite", request)
         missing = [k for k in ("prompt", "subject", "target_new") if k not in request]
         if missing:
             raise ValueError(f"a request needs prompt, subject and target_new; this one has no {missing[0]!r}")
-        target = request["target_new"]
-        target = target["str"] if isinstance(target, dict) else target
-        prompt, subject = request["prompt"], request["subject"]
+        prompt, subject, target = (_text(request[k], k) for k in ("prompt", "subject", "target_new"))
         if "{}" not in prompt:  # the subject written out: make it the placeholder
             if not subject.strip() or subject not in prompt:
                 raise ValueError(
                     f"subject {subject!r} is not in the prompt {prompt!r}, and the prompt has no '{{}}' placeholder"
                 )
+            if prompt.count(subject) > 1:
+                warnings.warn(f"subject {subject!r} occurs {prompt.count(subject)} times in {prompt!r}; the first "
+                              "is the subject (write '{}' there to choose another)", stacklevel=2)  # fmt: skip
             prompt = prompt.replace(subject, "{}", 1)
         return check_words(cls(prompt=prompt, subject=subject, target_new=target))
 
@@ -43,10 +49,19 @@ class Request:
         return self.prompt.replace("{}", self.subject)
 
 
+def _text(value: Any, field: str) -> str:
+    """A request's field as text: a string, or CounterFact's {"str": ...}; anything else is an error naming it."""
+    value = value.get("str") if isinstance(value, dict) else value
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be text such as 'Rome' (or {{'str': 'Rome'}}), got {value!r}")
+    return value
+
+
 def check_words(request: Request) -> Request:
     """The checks that need no model (one placeholder, a subject, a target), so bad words fail before it loads."""
     if request.prompt.count("{}") != 1:
         raise ValueError(f"the prompt must contain '{{}}' exactly once where the subject goes; got {request.prompt!r}")
+    check_prompt_end(request.prompt)
     if not request.subject.strip():
         raise ValueError("the subject is empty")
     if not request.target_new.strip():

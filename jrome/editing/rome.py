@@ -62,6 +62,11 @@ class Edit:
     seconds: float
 
     @property
+    def delta(self) -> jax.Array:
+        """[F, D] û Λᵀ in float32, as `apply` adds it."""
+        return self.rank_one.deltas()[0]
+
+    @property
     def rank_one(self) -> RankOne:
         """Ŵ = W + û Λᵀ as factors (to apply it, or to score the edited model as one row of a batch)."""
         return RankOne((self.layer,), self.u_hat[None], self.lam[None])

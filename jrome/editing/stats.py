@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data import cache_dir, data_dir
+from ..corpus import Corpus, open_corpus
+from ..data import cache_dir
 from ..files import atomic_write_bytes
 from ..interventions import Interventions
 from ..models.config import ModelConfig
@@ -101,53 +103,13 @@ def cholesky(c: np.ndarray, regularize: float = 0.0) -> np.ndarray:
         ) from err
 
 
-def corpus_files(corpus: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Text files of a corpus: "wikitext-2" ($JROME_DATA_DIR/wikitext-2/*.txt), "hf:<dataset repo>", paths or folders."""
-    if isinstance(corpus, str) and corpus == "wikitext-2":
-        folder = data_dir() / "wikitext-2"
-        files = sorted(folder.glob("*.txt"))
-        if not files:
-            raise FileNotFoundError(
-                f"no wikitext-2 text in {folder} (set JROME_DATA_DIR to the folder holding wikitext-2/*.txt)"
-            )
-        return files
-    if isinstance(corpus, str) and corpus.startswith("hf:"):
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(corpus[3:], repo_type="dataset", allow_patterns=["*.txt"]))
-        except Exception as err:
-            raise OSError(f"could not get dataset {corpus[3:]!r} from the Hugging Face hub: {err}") from err
-        return sorted(folder.rglob("*.txt"))
-    paths = [corpus] if isinstance(corpus, str | os.PathLike) else list(corpus)
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(p.rglob("*.txt"))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"corpus path {p} does not exist")
-    if not files:
-        raise FileNotFoundError(f"no .txt files in corpus {corpus!r}")
-    return files
-
-
-def corpus_windows(tokenizer, files: Sequence[Path], n_tokens: int, window: int) -> np.ndarray:
-    """[n, window] token ids: the files' text, newlines included, tokenised as one stream and cut into full windows.
-
-    Text is tokenised in pieces of about a million characters cut at line ends, and only until enough tokens are
-    read."""
+def corpus_windows(tokenizer, pieces: Iterable[str], n_tokens: int, window: int) -> np.ndarray:
+    """[n, window] token ids: the corpus text (`Corpus.pieces()`, newlines included) tokenised as one stream and cut
+    into full windows; pieces are read only until enough tokens are there."""
     stream: list[int] = []
     need = -(-n_tokens // window) * window
-    for path in files:
-        text = path.read_text(encoding="utf-8")
-        at = 0
-        while at < len(text) and len(stream) < need:
-            end = text.find("\n", at + 1_000_000)
-            end = len(text) if end < 0 else end + 1
-            stream.extend(tokenizer(text[at:end], add_special_tokens=False)["input_ids"])
-            at = end
+    for piece in pieces:
+        stream.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
         if len(stream) >= need:
             break
     n = min(len(stream), need) // window
@@ -156,11 +118,13 @@ def corpus_windows(tokenizer, files: Sequence[Path], n_tokens: int, window: int)
     return np.asarray(stream[: n * window], np.int32).reshape(n, window)
 
 
-def corpus_records(files: Sequence[Path], n_samples: int, seed: int = 1) -> list[str]:
-    """The corpus's records (non-empty lines), all of them or a random `n_samples` (seed 1, as the original's
-    sampler; PyTorch draws another subset)."""
-    records = [line.strip() for path in files for line in path.read_text(encoding="utf-8").split("\n")]
-    records = [r for r in records if r]
+def corpus_records(corpus: Corpus, n_samples: int, seed: int = 1) -> list[str]:
+    """n_samples records of the corpus: of a local one, all of them or a random n_samples (seed 1, as the original's
+    sampler; PyTorch draws another subset); of one streamed from the hub, the first n_samples (the original samples
+    all of Wikipedia, which would mean fetching all of it)."""
+    if corpus.streamed:
+        return list(itertools.islice(corpus.records(), n_samples))
+    records = list(corpus.records())
     if n_samples < len(records):
         chosen = np.random.RandomState(seed).permutation(len(records))[:n_samples]
         records = [records[i] for i in sorted(chosen)]
@@ -254,13 +218,6 @@ def _fingerprint(lm: LM, layer: int) -> str:
     return digest.hexdigest()[:12]
 
 
-def _corpus_id(files: Sequence[Path]) -> str:
-    digest = hashlib.sha1()
-    for f in files:
-        digest.update(f.name.encode() + f.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def key_statistics(
     lm: LM,
     layers: int | Sequence[int],
@@ -273,6 +230,7 @@ def key_statistics(
     tolerance: float | None = None,
     cache: bool = True,
     progress: bool = True,
+    download: bool | None = None,
 ) -> dict[int, KeyStats]:
     """Second moments of the MLP keys at each layer over n_tokens of the corpus (fewer if it is shorter), or,
     with n_samples, over that many records of it (the original's mode; all records if there are fewer).
@@ -293,10 +251,10 @@ def key_statistics(
         raise ValueError(f"tolerance must be a positive relative change (e.g. 0.01) or None, got {tolerance}")
     if lm.tokenizer is None:
         raise ValueError("key statistics need a tokenizer to read the corpus")
-    files = corpus_files(corpus)
+    source = open_corpus(corpus, download=download)
     window = min(window, lm.config.max_positions)
     size = f"s{n_samples}-{lm.config.max_positions}" if n_samples is not None else f"{n_tokens}-{window}"
-    tag = f"{_corpus_id(files)}-{size}{'' if tolerance is None else f'-tol{tolerance:g}'}-v{FORMAT}"
+    tag = f"{source.key}-{size}{'' if tolerance is None else f'-tol{tolerance:g}'}-v{FORMAT}"
     paths = {layer: cache_dir() / "stats" / f"{_fingerprint(lm, layer)}-L{layer}-{tag}.npz" for layer in layers}
     out: dict[int, KeyStats] = {}
     if cache:
@@ -308,10 +266,10 @@ def key_statistics(
     if not todo:
         return out
     if n_samples is None:
-        windows = corpus_windows(lm.tokenizer, files, n_tokens, window)
+        windows = corpus_windows(lm.tokenizer, source.pieces(), n_tokens, window)
         batches = [(windows[i : i + batch_size], np.ones_like(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]  # fmt: skip
     else:
-        records = corpus_records(files, n_samples)
+        records = corpus_records(source, n_samples)
         batches = list(record_batches(lm.tokenizer, records, lm.config.max_positions, batch_size * window))
     from tqdm.auto import tqdm
 
@@ -328,9 +286,8 @@ def key_statistics(
         count += int(mask.sum())
         if converged is not None and converged(lm, ids, mask, todo, total, count):
             break
-    corpus_name = corpus if isinstance(corpus, str) else ",".join(str(f) for f in files)
     for i, layer in enumerate(todo):
-        stats = KeyStats(layer, total[i], count, corpus_name)
+        stats = KeyStats(layer, total[i], count, source.name)
         out[layer] = stats
         if cache:
             buf = io.BytesIO()
@@ -379,11 +336,12 @@ def read_layer_stats(path: str | os.PathLike, layer: int | None = None) -> KeySt
 
 
 def statistics_for(
-    lm: LM, hp: Any, layers: int | Sequence[int], *, download: bool = False, progress: bool = True
+    lm: LM, hp: Any, layers: int | Sequence[int], *, download: bool | None = None, progress: bool = True
 ) -> dict[int, KeyStats]:
     """Each layer's key statistics as ROME or MEMIT hyperparameters ask for them: the original's published file for
-    the model hp.mom2_published names (e.g. gpt2-xl) when it is here or, with `download`, can be fetched; else
-    computed over hp.mom2_corpus (cached). With `progress`, says on stderr which it is and why."""
+    the model hp.mom2_published names (e.g. gpt2-xl), here or fetched on first use; else computed over
+    hp.mom2_corpus (cached; a hub corpus fetched on first use). download: as jrome.data.fetch (None: unless offline).
+    With `progress`, says on stderr which it is and why."""
     from ..data import fetch, published_stats_name
 
     layers = sorted({layers} if isinstance(layers, int) else set(layers))
@@ -407,7 +365,7 @@ def statistics_for(
     if todo:
         out |= key_statistics(
             lm, todo, hp.mom2_corpus, hp.mom2_n_tokens, n_samples=hp.mom2_n_samples, tolerance=hp.mom2_tolerance,
-            progress=progress,
+            progress=progress, download=download,
         )  # fmt: skip
     return out
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..generation import generate_fast
+from ..generation import generate_fast, sample_to_length, tidy
 from ..models.lm import LM
 
 MEMIT_STARTERS = ("The", "Therefore", "Because", "I", "You")
@@ -43,11 +43,16 @@ def start_text(tokenizer) -> str:
 
 
 def sample_texts(lm: LM, prompts: Sequence[str], length: int, seed: int) -> list[str]:
-    """The original's samples: generate_fast to `length` tokens, start token included, top-5; where the start
-    text is a BOS rather than "<|endoftext|>" (which generate_fast's clean-up removes), it is removed too."""
-    start = start_text(lm.tokenizer)
-    texts = generate_fast(lm, prompts, length, top_k=TOP_K, seed=seed)
-    return [t[len(start) :] if t.startswith(start) else t for t in texts]
+    """The original's samples: generate_fast to `length` tokens, start token included, top-5. Where the start is a
+    BOS rather than "<|endoftext|>" (which generate_fast's clean-up removes), the sample is decoded from after its
+    start token (one: `tokens.one_start`), so no start token stays in a template's text."""
+    tok = lm.tokenizer
+    start = start_text(tok)
+    if start == "<|endoftext|>":
+        return generate_fast(lm, prompts, length, top_k=TOP_K, seed=seed)
+    starts = {tok.bos_token_id, tok.convert_tokens_to_ids(start)} - {None}
+    rows = sample_to_length(lm, prompts, length, top_k=TOP_K, seed=seed)
+    return [tidy(tok.decode(row[1:] if row and row[0] in starts else row, skip_special_tokens=False)) for row in rows]
 
 
 def as_template(text: str) -> str:

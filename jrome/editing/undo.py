@@ -34,16 +34,34 @@ def add_to_layer(kernel: jax.Array, layer: jax.Array, delta: jax.Array) -> jax.A
 
 @dataclasses.dataclass(frozen=True)
 class Undo:
-    """The changes of one `edit` call (ROME: an Edit per request; MEMIT: an update per layer); `undo(lm)` puts
-    every changed kernel back exactly as it was."""
+    """The changes of one `edit` call (ROME: an Edit per request; MEMIT: an update per layer), each with the kernel
+    it replaced and its `delta`; `undo(lm)` puts every changed kernel back exactly as it was."""
 
     edits: tuple[Any, ...]
 
     def __call__(self, lm: LM) -> LM:
+        """The model before the edit. It refuses (one ValueError) a model whose edited kernels are not bit for bit
+        the ones the edit produced — another model, one edited again since, or another dtype — rather than
+        undo only this edit's share: putting the old kernel back would silently drop the later edits."""
         kernel = down_kernel(lm.params)
+        for layer, produced in self.produced().items():
+            if kernel.dtype != produced.dtype:
+                raise ValueError(f"this undo holds {produced.dtype} weights; the model's are {kernel.dtype}")
+            if not bool(jnp.array_equal(kernel[layer], produced)):
+                raise ValueError(
+                    f"the model's layer {layer} is not what this edit produced (another model, or edited again "
+                    "since): undo the later edits first, newest first"
+                )
         for e in reversed(self.edits):
             kernel = kernel.at[e.layer].set(e.old_kernel)
         return lm.replace(params=with_down_kernel(lm.params, kernel))
+
+    def produced(self) -> dict[int, jax.Array]:
+        """{layer: the kernel the edit left there}, recomputed as the edit computed it (old kernel + delta)."""
+        out = {}
+        for e in self.edits:
+            out[e.layer] = add_to_layer(e.old_kernel[None], 0, e.delta)[0]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +73,17 @@ class RankOne:
     u: np.ndarray  # [M, F]
     lam: np.ndarray  # [M, D]
 
+    def deltas(self) -> list[jax.Array]:
+        """[F, D] per edited layer: u λᵀ in float32, what `apply` adds."""
+        return [
+            jnp.outer(jnp.asarray(u, jnp.float32), jnp.asarray(lam, jnp.float32))
+            for u, lam in zip(self.u, self.lam, strict=True)
+        ]
+
     def apply(self, lm: LM) -> LM:
         """lm with the update added to its stacked kernel (only that leaf is rebuilt)."""
         kernel = down_kernel(lm.params)
-        for layer, u, lam in zip(self.layers, self.u, self.lam, strict=True):
-            update = jnp.outer(jnp.asarray(u, jnp.float32), jnp.asarray(lam, jnp.float32))
+        for layer, update in zip(self.layers, self.deltas(), strict=True):
             kernel = add_to_layer(kernel, layer, update)
         return lm.replace(params=with_down_kernel(lm.params, kernel))
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data import BASE_URL, fetch
 
-FILES = ("attribute_snippets.json", "idf.npy", "tfidf_vocab.json")
+FILES = {"attribute_snippets": "attribute_snippets.json", "idf": "idf.npy", "tfidf_vocab": "tfidf_vocab.json"}
 SOURCE = f"{BASE_URL}/dsets/"
 TOKEN = re.compile(r"(?u)\b\w\w+\b")  # TfidfVectorizer's default token_pattern
 
@@ -70,12 +70,12 @@ class References:
         return tfidf_similarity(" ".join(texts), " ".join(refs), self.vectorizer)
 
 
-def load_references(folder: str | Path | None = None, *, download: bool = False) -> References:
-    """The snippets and vectorizer from the folder, else from $JROME_DATA_DIR or the cache (fetched with `download`);
-    FileNotFoundError names what is missing."""
+def load_references(folder: str | Path | None = None, *, download: bool | None = None) -> References:
+    """The snippets and vectorizer from the folder, else from $JROME_DATA_DIR or the cache, fetched on first use
+    (download: as jrome.data.fetch); FileNotFoundError names what is missing."""
     if folder is not None:
-        paths = {name: Path(folder) / name for name in FILES}
-        missing = [name for name, path in paths.items() if not path.is_file()]
+        paths = {name: Path(folder) / file for name, file in FILES.items()}
+        missing = [FILES[name] for name, path in paths.items() if not path.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"{', '.join(missing)} not in {folder} (the original's files, published at {SOURCE})"
@@ -83,8 +83,8 @@ def load_references(folder: str | Path | None = None, *, download: bool = False)
     else:
         paths = {name: fetch(name, download=download) for name in FILES}
     snippets: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for entry in json.loads(paths["attribute_snippets.json"].read_text()):
+    for entry in json.loads(paths["attribute_snippets"].read_text()):
         for sample in entry["samples"]:
             snippets[(entry["relation_id"], entry["target_id"])].append(sample["text"])
-    vocabulary = json.loads(paths["tfidf_vocab.json"].read_text())
-    return References(dict(snippets), Vectorizer(vocabulary, np.load(paths["idf.npy"])))
+    vocabulary = json.loads(paths["tfidf_vocab"].read_text())
+    return References(dict(snippets), Vectorizer(vocabulary, np.load(paths["idf"])))

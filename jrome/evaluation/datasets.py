@@ -1,7 +1,7 @@
 """Edit datasets as one record type: CounterFact (original and compact formats), zsRE (MEND format), known facts.
 
-Files are read from $JROME_DATA_DIR, else from the published copies fetched into the cache (jrome.data.fetch; the
-library downloads only when asked). A missing file is an error that says where to get it.
+Files are read from $JROME_DATA_DIR, else from the published copies, fetched into the cache on first use
+(jrome.data.fetch). Offline, a missing file is one line naming the command that fetches it.
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data import data_dir, fetch
+from ..data import data_dir, fetch, find, may_download, missing
 from ..editing.requests import Request
 
 DATASETS = ("counterfact", "zsre")
-# Local file names to look for (first found wins), and the published file (jrome.data.FILES) to fetch otherwise.
+# Local file names to look for (first found wins); the published file (jrome.data.FILES, by the same name) otherwise.
 FILES = {
-    "counterfact": (["counterfact.json", "counterfact/counterfact.json", "counterfact/counterfact-edit.json"],
-                    "counterfact.json"),
-    "zsre": (["zsre_mend_eval.json", "zsre/zsre_mend_eval.json", "zsre/zsre_mend_train-1k.json"],
-             "zsre_mend_eval.json"),
-}  # fmt: skip
+    "counterfact": ["counterfact.json", "counterfact/counterfact.json", "counterfact/counterfact-edit.json"],
+    "zsre": ["zsre_mend_eval.json", "zsre/zsre_mend_eval.json", "zsre/zsre_mend_train-1k.json"],
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,24 +134,21 @@ def parse_zsre(records: list[dict], source: str = "zsRE") -> list[EditCase]:
     return cases
 
 
-def dataset_path(name: str, *, download: bool = False) -> Path:
-    """The dataset's file under $JROME_DATA_DIR (any of the usual names), else the published copy fetched into the
-    cache — downloaded only with `download` (the CLI's choice; the library never goes online unasked)."""
+def dataset_path(name: str, *, download: bool | None = None) -> Path:
+    """The dataset's file under $JROME_DATA_DIR (the first of its usual names there), else the published copy,
+    fetched into the cache on first use (download: as jrome.data.fetch)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    candidates, published = FILES[name]
-    for candidate in candidates:
+    for candidate in FILES[name]:
         if (data_dir() / candidate).is_file():
             return data_dir() / candidate
-    try:
-        return fetch(published, download=download)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"dataset {name!r}: {err} (other names read there: {', '.join(candidates[1:])})"
-        ) from None
+    if find(name) is None and not may_download(download):
+        where = f"{data_dir()} (as {', '.join(FILES[name])})"
+        raise missing(f"dataset {name!r} is not in {where} nor cached", name, download)
+    return fetch(name, download=download)
 
 
-def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool = False) -> tuple[str, Path]:
+def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool | None = None) -> tuple[str, Path]:
     """(format, file) of a dataset name ("counterfact", "zsre") or JSON path; an unknown one is an error."""
     path = Path(name_or_path)
     if str(name_or_path) in DATASETS:
@@ -163,11 +158,18 @@ def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool = False) 
     raise ValueError(f"unknown dataset {str(name_or_path)!r}; known datasets: {', '.join(DATASETS)}, or a JSON path")
 
 
-def load_dataset(name_or_path: str | os.PathLike, *, download: bool = False) -> list[EditCase]:
-    """A dataset by name ("counterfact", "zsre") or a JSON file in either format; `download` fetches a missing
-    published copy (see dataset_path)."""
-    name, path = resolve_dataset(name_or_path, download=download)
-    records = json.loads(path.read_text())
+def read_cases(kind: str, path: Path) -> list[EditCase]:
+    """The cases of a dataset file in `kind`'s format; a file that is not a JSON list of records is an error naming it."""
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     if not isinstance(records, list):
         raise ValueError(f"{path} must hold a JSON list of records")
-    return parse_zsre(records, str(path)) if name == "zsre" else parse_counterfact(records, str(path))
+    return parse_zsre(records, str(path)) if kind == "zsre" else parse_counterfact(records, str(path))
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, download: bool | None = None) -> list[EditCase]:
+    """A dataset by name ("counterfact", "zsre") or a JSON file in either format (see dataset_path for where a name
+    is read from)."""
+    return read_cases(*resolve_dataset(name_or_path, download=download))

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..editing.undo import RankOne
-from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl, setting_diffs
+from ..files import append_jsonl, atomic_write_text, check_settings, json_safe, read_jsonl, setting_diffs
 from ..models.lm import LM
 from ..views import Summary
 from .consistency import References, load_references
-from .datasets import EditCase, load_dataset
+from .datasets import EditCase, read_cases, resolve_dataset
 from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
 from .methods import CONTEXT_FILE, get_method
 from .metrics import case_probabilities, counterfact_case_scores, zsre_case_scores
@@ -86,7 +86,7 @@ def summarise(records: list[dict], dataset: str) -> dict[str, Any]:
             values = np.array([r[when][field] for r in records if field in r[when]], np.float64)
             if not len(values):
                 continue
-            half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+            half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else None  # JSON null
             metrics.setdefault(column, {})[when] = {"mean": float(values.mean()), "ci95": half, "n": len(values)}
         parts = [metrics.get(c, {}).get(when) for c in SCORE_PARTS[dataset]]
         if all(parts):
@@ -170,7 +170,7 @@ def run_eval(
     seed: int = 0,
     pre_from: str | os.PathLike | None = None,
     batch: int = 8,
-    download: bool = False,
+    download: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `method` on the first n cases of `dataset`; per-case results go to out/cases.jsonl as they finish.
@@ -181,8 +181,9 @@ def run_eval(
     batch: cases edited together (ROME, r-ROME and MEMIT search their v* as one program: faster, the same numbers
     to float32 rounding); each case is still edited from the unedited model. A case's edit seconds are its share
     of the batch's common work plus its own.
-    download: fetch a published dataset, RS file or key statistics file that is neither in $JROME_DATA_DIR nor
-    cached (jrome.data).
+    download: whether a published dataset, RS file, key statistics file or corpus that is neither in $JROME_DATA_DIR
+    nor cached is fetched (as jrome.data.fetch; None: unless offline). The dataset file read is printed and recorded
+    (settings.json, summary.json).
     """
     editor = get_method(method)
     if n is not None and n < 1:
@@ -191,7 +192,10 @@ def run_eval(
         raise ValueError(f"batch={batch} is not a number of cases; accepted: batch >= 1")
     if max_out_len < 0:
         raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
-    cases = load_dataset(dataset, download=download)
+    kind, path = resolve_dataset(dataset, download=download)
+    cases = read_cases(kind, path)
+    if progress:
+        print(f"dataset {dataset}: {len(cases)} cases from {path}")
     notes = []
     if n is not None and n > len(cases):
         notes.append(f"n={n} is larger than the dataset ({len(cases)} cases); running all {len(cases)}")
@@ -200,7 +204,7 @@ def run_eval(
     folder = Path(out) if out is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    settings = {"dataset": str(dataset), "max_out_len": max_out_len, "seed": seed}
+    settings = {"dataset": str(dataset), "dataset_file": path.name, "max_out_len": max_out_len, "seed": seed}
     reused = {} if pre_from is None else pre_scores(pre_from, lm, settings)
     if folder is not None:  # what decides a case's numbers besides the method's context (checked by prepare)
         check_settings(folder, settings, "cases.jsonl")
@@ -257,10 +261,10 @@ def run_eval(
         notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
     kind = cases[0].dataset if cases else "counterfact"
     summary = Summary(summarise(records, kind) | {
-        "method": method, "dataset": str(dataset), "model": lm.name,
+        "method": method, "dataset": str(dataset), "dataset_file": str(path), "model": lm.name,
         "hparams": None if ctx is None else json.loads(json.dumps(ctx.hparams.to_dict())), "notes": notes,
     })  # fmt: skip
     if folder is not None:
-        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(folder / "summary.json", json.dumps(json_safe(summary), indent=2))
         atomic_write_text(folder / "summary.md", markdown_table(summary, f"{method} on {dataset} ({lm.name})"))
     return summary

@@ -222,6 +222,7 @@ def trace(
     chunk: int | None = None,
     max_batch_bytes: int | None = None,
     progress: bool = True,
+    download: bool | None = None,
 ) -> TraceResult | dict[str, TraceResult]:
     """Causal trace of `subject` in `prompt`: p(answer) with each (token, layer) state restored after corruption.
 
@@ -236,23 +237,25 @@ def trace(
     module's outputs at the restored token in every layer at their corrupted values (paper Fig. 3). token_range:
     restore only these tokens (None: all, "subject_last", or token indices); the others' scores are NaN. chunk:
     lanes (pairs of layers) run together; default one at a time on CPU, and on accelerators as many as fit
-    `max_batch_bytes` of device memory (default: half of what the parameters leave free). progress: say on stderr what is traced before the (seconds-long) program runs.
+    `max_batch_bytes` of device memory (default: half of what the parameters leave free). progress: say on stderr
+    what is traced before the (seconds-long) program runs. download: whether known_1000, whose subjects "s<factor>"
+    needs by default, is fetched if missing (as jrome.data.fetch; None: on first use unless offline).
     """
+    if kind not in (*KINDS, "all"):
+        raise ValueError(f"kind={kind!r}; accepted: {', '.join(KINDS)}, all")
     kinds = KINDS if kind == "all" else (kind,)
     for k in kinds:
         check_restoration(k, window, sever)
     check_budget(max_batch_bytes)
+    if noise_subjects is None and isinstance(noise, str):
+        from ..data import load_known
+
+        noise_subjects = [record["subject"] for record in load_known(download=download)]
     runs = corrupt_and_clean(lm, prompt, subject, samples=samples, noise=noise, seed=seed, uniform=uniform,
                              replace=replace, answer=answer, noise_subjects=noise_subjects)  # fmt: skip
     if progress:
         print(f"causal trace ({kind}): {len(runs.ids)} tokens x {lm.config.n_layers} layers restored, "
               f"{runs.samples} noise samples each, in one compiled program", file=sys.stderr, flush=True)  # fmt: skip
-    how = {
-        "window": window,
-        "sever": sever,
-        "token_range": token_range,
-        "chunk": chunk,
-        "max_batch_bytes": max_batch_bytes,
-    }
-    results = {k: restore(lm, runs, k, **how) for k in kinds}
+    how = {"window": window, "sever": sever, "token_range": token_range, "chunk": chunk}
+    results = {k: restore(lm, runs, k, **how, max_batch_bytes=max_batch_bytes) for k in kinds}
     return results if kind == "all" else results[kind]

@@ -38,8 +38,8 @@ def noise_scale(lm: LM, noise: str | float, subjects: Sequence[str] | None = Non
         if not noise.startswith("s") or not re.fullmatch(r"\d+(\.\d*)?|\.\d+", factor):
             raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED}")
         return float(factor) * noise_std(lm, subjects)
-    if np.ndim(noise) != 0 or not np.issubdtype(np.asarray(noise).dtype, np.number) or not np.isfinite(noise):
-        raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED}")
+    if np.ndim(noise) != 0 or not np.issubdtype(np.asarray(noise).dtype, np.number) or not 0 < float(noise) < np.inf:
+        raise ValueError(f"noise={noise!r}; accepted: {NOISE_ACCEPTED} (a scale is positive)")
     return float(noise)
 
 
