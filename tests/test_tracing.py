@@ -226,3 +226,19 @@ def test_all_kinds_from_one_pair_of_runs_and_known_1000_fetched_on_first_use(tin
         alone = trace(lm, prompt, subject, kind=kind, samples=2, progress=False)  # known_1000 now cached
         np.testing.assert_array_equal(result.scores, alone.scores)
         assert result.noise_scale == alone.noise_scale > 0
+
+
+BF16_BOUND = 0.08  # |p bfloat16 - p float32| per restoration; docs/scaling.md and BENCHMARKS.md give the measured values
+
+
+def test_a_bfloat16_trace_stays_within_its_documented_bound_of_float32(eiffel, eiffel_hidden):
+    """bfloat16 parameters (float32 norms, attention scores and logits): the same noise and answer give scores within
+    BF16_BOUND of float32's, and not equal to them (so the bfloat16 path is the one measured)."""
+    bf16 = jrome.load("smollm2", dtype="bfloat16")
+    noise = np.asarray(eiffel.view("embed_add"))[:, slice(*eiffel.subject_range)]
+    runs = corrupt_and_clean(bf16, eiffel.prompt, eiffel.subject, samples=3, noise=noise, answer=eiffel.answer_id)
+    assert runs.arrays.clean_inputs.dtype == jnp.bfloat16
+    assert abs(runs.high_score - eiffel.high_score) < BF16_BOUND and abs(runs.low_score - eiffel.low_score) < BF16_BOUND
+    scores = restore(bf16, runs, "hidden").scores
+    diff = np.abs(scores - eiffel_hidden.scores)
+    assert diff.max() < BF16_BOUND and diff.max() > 1e-4, diff.max()
