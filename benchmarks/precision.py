@@ -27,11 +27,12 @@ from jrome.tracing import corrupt_and_clean, restore  # noqa: E402
 VARIANTS = (("hidden", None), ("mlp", None), ("attn", None), ("hidden", "mlp"))
 
 
-def steady(fn):
-    fn()
+def steady(lm, runs, kind, sever):
+    """Steady seconds of one restoration program (after a first, compiling call) and its scores."""
+    restore(lm, runs, kind, sever=sever)
     start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+    scores = restore(lm, runs, kind, sever=sever).scores
+    return time.perf_counter() - start, scores
 
 
 def main() -> None:
@@ -50,8 +51,8 @@ def main() -> None:
         b = corrupt_and_clean(bf16, prompt, subject, samples=args.samples, noise=noise, answer=a.answer_id)
         line = [f"{prompt[:32]!r}: p clean {a.high_score:.4f} / {b.high_score:.4f}, corrupted {a.low_score:.4f} / {b.low_score:.4f}"]  # fmt: skip
         for kind, sever in VARIANTS:
-            t32, x = steady(lambda k=kind, s=sever: restore(f32, a, k, sever=s).scores)
-            t16, y = steady(lambda k=kind, s=sever: restore(bf16, b, k, sever=s).scores)
+            t32, x = steady(f32, a, kind, sever)
+            t16, y = steady(bf16, b, kind, sever)
             name = kind + (f"/severed {sever}" if sever else "")
             diff = float(np.nanmax(np.abs(x - y)))
             worst[name] = max(worst.get(name, 0.0), diff)
