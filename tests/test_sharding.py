@@ -12,7 +12,7 @@ import pytest
 from conftest import separate_compiled_programs
 
 from jrome.models.config import config_from_hf
-from jrome.sharding import check_divides, make_mesh, parse_mesh
+from jrome.sharding import check_divides, make_mesh, param_shardings, parse_mesh
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 
@@ -53,6 +53,13 @@ def test_a_mesh_that_does_not_divide_the_model_names_the_dimension(tiny_dir):
         check_divides(cfg, 3)
     with pytest.raises(ValueError, match="needs 16 devices, but 1 are available"):
         make_mesh(4, 4)
+
+
+def test_a_leaf_the_layout_does_not_have_is_an_error_not_left_unsplit(tiny_lm):
+    lm = tiny_lm("llama")
+    params = {**lm.params, "blocks": {**lm.params["blocks"], "adapter": {"kernel": lm.params["blocks"]["mlp"]["up"]["kernel"]}}}  # fmt: skip
+    with pytest.raises(ValueError, match="blocks.adapter.kernel is not a parameter of jrome's layout"):
+        param_shardings(lm.config, params, make_mesh(1, 1))
 
 
 @pytest.mark.slow

@@ -22,48 +22,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
+from ..models.layout import PARAMS, leaf, put
 from ..models.lm import LM
 
 HEADS, KV_HEADS = "<heads>", "<kv heads>"  # stand for the model's head axes (penzai names them per head layout)
 
-# penzai label (after "block_<i>/") -> (jrome path under "blocks", penzai axes of the per-layer array, in the
-# order of jrome's axes: a kernel's (in, out) with its head axes in the place of the flat H·hd dimension)
-LLAMA_BLOCK = {
-    "pre_attention_norm/scale.weights": ("norm_attn.scale", ("embedding",)),
-    "pre_ffw_norm/scale.weights": ("norm_mlp.scale", ("embedding",)),
-    "attention/query.weights": ("attn.q.kernel", ("embedding", HEADS, "projection")),
-    "attention/key.weights": ("attn.k.kernel", ("embedding", KV_HEADS, "projection")),
-    "attention/value.weights": ("attn.v.kernel", ("embedding", KV_HEADS, "projection")),
-    "attention/output.weights": ("attn.o.kernel", (HEADS, "projection", "embedding")),
-    "mlp/gating_linear.weights": ("mlp.gate.kernel", ("embedding", "neurons")),
-    "mlp/value_linear.weights": ("mlp.up.kernel", ("embedding", "neurons")),
-    "mlp/out_linear.weights": ("mlp.down.kernel", ("neurons", "embedding")),
-}
-NEOX_BLOCK = {
-    "pre_attention_norm/scale.weights": ("norm_attn.scale", ("embedding",)),
-    "pre_attention_norm/shift.bias": ("norm_attn.bias", ("embedding",)),
-    "pre_ffw_norm/scale.weights": ("norm_mlp.scale", ("embedding",)),
-    "pre_ffw_norm/shift.bias": ("norm_mlp.bias", ("embedding",)),
-    **{
-        f"attention/{name}/Linear.weights": (f"attn.{x}.kernel", ("embedding", HEADS, "projection"))
-        for name, x in (("query", "q"), ("key", "k"), ("value", "v"))
-    },
-    **{
-        f"attention/{name}/AddBias.bias": (f"attn.{x}.bias", (HEADS, "projection"))
-        for name, x in (("query", "q"), ("key", "k"), ("value", "v"))
-    },
-    "attention/output/Linear.weights": ("attn.o.kernel", (HEADS, "projection", "embedding")),
-    "attention/output/AddBias.bias": ("attn.o.bias", ("embedding",)),
-    "mlp/in/Linear.weights": ("mlp.up.kernel", ("embedding", "neurons")),
-    "mlp/in/AddBias.bias": ("mlp.up.bias", ("neurons",)),
-    "mlp/out/Linear.weights": ("mlp.down.kernel", ("neurons", "embedding")),
-    "mlp/out/AddBias.bias": ("mlp.down.bias", ("embedding",)),
-}
-TOP = {
-    "embedder.embeddings": ("embed.tokens", ("vocabulary", "embedding")),
-    "final_norm/scale.weights": ("norm_final.scale", ("embedding",)),
-    "final_norm/shift.bias": ("norm_final.bias", ("embedding",)),
-    "lm_head.weights": ("head.kernel", ("embedding", "vocabulary")),
+# penzai's names for jrome's axes (jrome.models.layout), in jrome's order; a per-layer array has no "layer" axis
+AXES = {
+    "vocab": ("vocabulary",),
+    "d_model": ("embedding",),
+    "q": (HEADS, "projection"),
+    "kv": (KV_HEADS, "projection"),
+    "d_mlp": ("neurons",),
 }
 PENZAI_ACTIVATIONS = {"gelu": "gelu_exact", "gelu_tanh": "gelu_approx", "relu": "relu", "silu": "silu"}
 NAME = "transformer"  # the prefix of every parameter label in the models to_penzai builds
@@ -181,17 +151,18 @@ def _axes(names: tuple[str, ...], metadata: Any) -> list[tuple[str, int]]:
     return out
 
 
-def _table(layout: str, n_layers: int) -> dict[str, tuple[str, int | None, tuple[str, ...]]]:
-    """penzai label (without the model's name) -> (jrome path, layer or None, penzai axes)."""
-    table = {label: (path, None, axes) for label, (path, axes) in TOP.items()}
-    block = LLAMA_BLOCK if layout == "llama" else NEOX_BLOCK
-    for i in range(n_layers):
-        table |= {f"block_{i}/{label}": (f"blocks.{path}", i, axes) for label, (path, axes) in block.items()}
+def _table(layout: str, n_layers: int) -> dict[str, tuple[tuple[str, ...], int | None, tuple[str, ...]]]:
+    """penzai label (without the model's name) -> (jrome path, layer or None, penzai axes), from the layout table."""
+    table = {}
+    for p in PARAMS:
+        if layout in p.penzai:
+            axes = tuple(name for axis in p.axes if axis != "layer" for name in AXES[axis])
+            label = p.penzai[layout]
+            if p.stacked:
+                table |= {f"block_{i}/{label}": (p.path, i, axes) for i in range(n_layers)}
+            else:
+                table[label] = (p.path, None, axes)
     return table
-
-
-def _get(tree: dict, path: str) -> Any:
-    return functools.reduce(lambda node, key: node[key], path.split("."), tree)
 
 
 def _named_values(lm: LM, labels: list[str], metadata: Any) -> dict[str, Any]:
@@ -203,7 +174,7 @@ def _named_values(lm: LM, labels: list[str], metadata: Any) -> dict[str, Any]:
         if _strip(label) not in table:
             raise ValueError(f"the penzai model has a parameter jrome does not know: {label}")
         path, layer, names = table[_strip(label)]
-        array = _get(lm.params, path)
+        array = leaf(lm.params, path)
         array = array if layer is None else array[layer]
         axes = _axes(names, metadata)
         values[label] = pz.nx.wrap(array.reshape([size for _, size in axes])).tag(*[name for name, _ in axes])
@@ -381,8 +352,8 @@ def params_from_named(named: Mapping[str, Any]) -> tuple[str, int, dict]:
     unknown = sorted(set(labels) - set(table))
     if unknown:
         raise ValueError(f"penzai parameters jrome does not know: {', '.join(original[u] for u in unknown[:5])}")
-    flat: dict[str, Any] = {}
-    stacked: dict[str, list] = {}
+    flat: dict[tuple[str, ...], Any] = {}
+    stacked: dict[tuple[str, ...], list] = {}
     for label, (path, layer, names) in table.items():
         if label in labels:
             value = _read(labels[label], names)
@@ -393,8 +364,7 @@ def params_from_named(named: Mapping[str, Any]) -> tuple[str, int, dict]:
     flat |= {path: jnp.stack(values) for path, values in stacked.items()}
     tree: dict = {}
     for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        functools.reduce(lambda node, key: node.setdefault(key, {}), parents, tree)[leaf] = value
+        put(tree, path, value)
     return layout, n_layers, tree
 
 

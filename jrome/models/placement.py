@@ -55,11 +55,10 @@ class Placer:
         return self._put(x, path)
 
     def stack(self, paths: Sequence[Path], read: Callable[[int], Sequence[np.ndarray]], n: int) -> list[jax.Array]:
-        """The leaves at `paths` (under "blocks"), each [n, ...]: read(i) gives layer i's tensor for every path.
+        """The stacked leaves at `paths`, each [n, ...]: read(i) gives layer i's tensor for every path.
 
         Layers are read in order and sent in blocks of about CHUNK_BYTES (at least one layer): a parameter that
         fits is sent whole; a larger one is allocated on its devices and filled block by block."""
-        full = [("blocks", *path) for path in paths]
         itemsize = np.dtype(self.dtype).itemsize
         out: list[jax.Array] | None = None
         pending: list[Sequence[np.ndarray]] = []
@@ -68,13 +67,13 @@ class Placer:
             pending.append(read(i))
             if i < n - 1 and sum(x.size for layer in pending for x in layer) * itemsize < CHUNK_BYTES:
                 continue
-            blocks = [self._put(np.stack([layer[j] for layer in pending]), p) for j, p in enumerate(full)]
+            blocks = [self._put(np.stack([layer[j] for layer in pending]), p) for j, p in enumerate(paths)]
             if start == 0 and i == n - 1:
                 return blocks
             if out is None:
                 out = [
                     jnp.zeros((n, *b.shape[1:]), self.dtype, device=self._sharding(p, b.ndim))
-                    for b, p in zip(blocks, full, strict=True)
+                    for b, p in zip(blocks, paths, strict=True)
                 ]
             out = [_write(o, b, np.int32(start)) for o, b in zip(out, blocks, strict=True)]
             start, pending = i + 1, []
