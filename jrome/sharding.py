@@ -3,9 +3,10 @@ splits the noise samples of a trace.
 
 The split is Megatron's: query/key/value and MLP input kernels by output column (whole heads, whole hidden
 units), attention and MLP output kernels by input row, the vocabulary of the embedding and LM head when it
-divides: the `split` column of `jrome.models.layout`. Arrays carry their `NamedSharding`, so every jitted jrome
-function runs on the mesh unchanged and XLA inserts the collectives; results equal one device's up to float
-summation order.
+divides: the `split` column of `jrome.models.layout`, turned into shardings by `jrome.models.placement` (which
+`jrome.load(..., mesh=)` also places each tensor by as it is read). Arrays carry their `NamedSharding`, so every
+jitted jrome function runs on the mesh unchanged and XLA inserts the collectives; results equal one device's up to
+float summation order.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .models.config import ModelConfig
-from .models.layout import MESH_AXES, param
+from .models.layout import MESH_AXES
 from .models.lm import LM
+from .models.placement import param_shardings
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
@@ -44,36 +45,6 @@ def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | Non
             f"({devices[0].platform}); on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N"
         )
     return Mesh(np.asarray(devices[: data * model]).reshape(data, model), MESH_AXES)
-
-
-def check_divides(cfg: ModelConfig, model: int) -> None:
-    """A clear error when the "model" axis does not split the heads or the MLP hidden units (d_mlp) evenly."""
-    dims = {"n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_mlp": cfg.d_mlp}
-    for name, size in dims.items():
-        if size % model:
-            raise ValueError(
-                f"a model axis of {model} does not divide {name}={size}; choose a model axis that divides "
-                + ", ".join(f"{k}={v}" for k, v in dims.items())
-            )
-
-
-def leaf_sharding(cfg: ModelConfig, mesh: Mesh, keys: tuple[str, ...], ndim: int) -> NamedSharding:
-    """The NamedSharding of the parameter at `keys` (its path in the tree), with `ndim` dimensions, as the layout
-    table splits it; a path the table does not have is an error."""
-    row, model = param(keys), mesh.shape["model"]
-    if row.split is None or model == 1 or (row.split == "vocab" and cfg.vocab_size % model):
-        return NamedSharding(mesh, P())  # replicated: small, or a vocabulary the axis does not divide
-    parts: list[str | None] = [None] * ndim
-    parts[row.axes.index(row.split) - len(row.axes)] = "model"
-    return NamedSharding(mesh, P(*parts))
-
-
-def param_shardings(cfg: ModelConfig, params: dict, mesh: Mesh) -> dict:
-    """The NamedSharding of every parameter leaf (same tree structure as params)."""
-    check_divides(cfg, mesh.shape["model"])
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf_sharding(cfg, mesh, tuple(getattr(k, "key", k) for k in path), leaf.ndim), params
-    )
 
 
 def shard(lm: LM, mesh: Mesh) -> LM:

@@ -3,8 +3,8 @@ jrome's edits land in the penzai model.
 
 penzai (the JAX interpretability toolkit) builds Llama-like (Llama, Mistral, SmolLM2) and GPT-NeoX transformers as
 pytrees of layers whose parameters are named arrays labelled by where they sit ("transformer/block_3/mlp/
-out_linear.weights"). The conversion is a table from those labels and axis names to jrome's parameter tree (see
-docs/architecture.md); values are moved, never recomputed, so a round trip gives the same arrays bit for bit.
+out_linear.weights"). The labels are the penzai column of `jrome.models.layout`, read by
+`jrome.models.penzai_labels`; values are moved, never recomputed, so a round trip gives the same arrays bit for bit.
 Needs the optional `penzai` package (`pip install "jrome[penzai]"`).
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -22,19 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
-from ..models.layout import PARAMS, leaf, put
+from ..models.layout import leaf
 from ..models.lm import LM
+from ..models.penzai_labels import HEADS, KV_HEADS, label_table, params_from_named, strip_label
 
-HEADS, KV_HEADS = "<heads>", "<kv heads>"  # stand for the model's head axes (penzai names them per head layout)
-
-# penzai's names for jrome's axes (jrome.models.layout), in jrome's order; a per-layer array has no "layer" axis
-AXES = {
-    "vocab": ("vocabulary",),
-    "d_model": ("embedding",),
-    "q": (HEADS, "projection"),
-    "kv": (KV_HEADS, "projection"),
-    "d_mlp": ("neurons",),
-}
 PENZAI_ACTIVATIONS = {"gelu": "gelu_exact", "gelu_tanh": "gelu_approx", "relu": "relu", "silu": "silu"}
 NAME = "transformer"  # the prefix of every parameter label in the models to_penzai builds
 
@@ -47,7 +36,7 @@ def _pz():
     return pz
 
 
-def _layout(cfg: ModelConfig) -> str:
+def _variant(cfg: ModelConfig) -> str:
     """Which penzai variant holds this architecture ("llama" or "gpt_neox"); a clear error for what none holds."""
     if cfg.family == "llama":
         unsupported = {
@@ -59,16 +48,16 @@ def _layout(cfg: ModelConfig) -> str:
             "partial rotary": cfg.rotary_dim != cfg.head_dim,
             f"the {cfg.activation} gated MLP": cfg.activation not in ("silu", "gelu_tanh"),
         }
-        layout = "llama"
+        variant = "llama"
     elif cfg.family == "gpt_neox":
         unsupported = {
             "sequential residuals (use_parallel_residual=False)": not cfg.parallel_residual,
             "a tied LM head": cfg.tied_head,
             "an LM head bias": cfg.head_bias,
         }
-        layout = "gpt_neox"
+        variant = "gpt_neox"
     else:
-        unsupported, layout = {f"the {cfg.family} family": True}, ""
+        unsupported, variant = {f"the {cfg.family} family": True}, ""
     found = [what for what, present in unsupported.items() if present]
     if found:
         raise ValueError(
@@ -76,13 +65,13 @@ def _layout(cfg: ModelConfig) -> str:
             "to_penzai takes Llama-like models (Llama, Mistral, SmolLM2: no biases, full rotary) and GPT-NeoX "
             "(parallel residual, untied head)"
         )
-    return layout
+    return variant
 
 
 def _model_def(cfg: ModelConfig, dtype: Any):
     """penzai's model for cfg with parameter slots (no values yet)."""
     pz = _pz()
-    if _layout(cfg) == "gpt_neox":
+    if _variant(cfg) == "gpt_neox":
         from penzai.models.transformer.variants import gpt_neox
 
         config = gpt_neox.GPTNeoXTransformerConfig(
@@ -151,40 +140,20 @@ def _axes(names: tuple[str, ...], metadata: Any) -> list[tuple[str, int]]:
     return out
 
 
-def _table(layout: str, n_layers: int) -> dict[str, tuple[tuple[str, ...], int | None, tuple[str, ...]]]:
-    """penzai label (without the model's name) -> (jrome path, layer or None, penzai axes), from the layout table."""
-    table = {}
-    for p in PARAMS:
-        if layout in p.penzai:
-            axes = tuple(name for axis in p.axes if axis != "layer" for name in AXES[axis])
-            label = p.penzai[layout]
-            if p.stacked:
-                table |= {f"block_{i}/{label}": (p.path, i, axes) for i in range(n_layers)}
-            else:
-                table[label] = (p.path, None, axes)
-    return table
-
-
 def _named_values(lm: LM, labels: list[str], metadata: Any) -> dict[str, Any]:
     """lm's parameters as penzai named arrays, for these parameter labels of a penzai model."""
     pz = _pz()
-    table = _table(_layout(lm.config), lm.config.n_layers)
+    table = label_table(_variant(lm.config), lm.config.n_layers)
     values = {}
     for label in labels:
-        if _strip(label) not in table:
+        if strip_label(label) not in table:
             raise ValueError(f"the penzai model has a parameter jrome does not know: {label}")
-        path, layer, names = table[_strip(label)]
+        path, layer, names = table[strip_label(label)]
         array = leaf(lm.params, path)
         array = array if layer is None else array[layer]
         axes = _axes(names, metadata)
         values[label] = pz.nx.wrap(array.reshape([size for _, size in axes])).tag(*[name for name, _ in axes])
     return values
-
-
-def _strip(label: str) -> str:
-    """A label without the model's name ("transformer/block_0/..." -> "block_0/...")."""
-    match = re.search(r"(block_\d+/.*|embedder\.embeddings|final_norm/.*|lm_head\.weights)$", label)
-    return match.group(1) if match else label
 
 
 def to_penzai(lm: LM) -> Any:
@@ -241,7 +210,7 @@ def _activation(fn: Any) -> str:
     raise ValueError(f"from_penzai: the MLP activation {fn!r} is not one jrome runs (gelu, gelu_tanh, silu, relu)")
 
 
-def _config(model: Any, layout: str, n_layers: int, max_positions: int | None, model_type: str) -> ModelConfig:
+def _config(model: Any, variant: str, n_layers: int, max_positions: int | None, model_type: str) -> ModelConfig:
     """The ModelConfig of a penzai transformer, read from its metadata and layers."""
     pz = _pz()
     meta = model.metadata
@@ -277,7 +246,7 @@ def _config(model: Any, layout: str, n_layers: int, max_positions: int | None, m
         head_bias=False,
         model_type=model_type,
     )
-    if layout == "llama":
+    if variant == "llama":
         rope = instances(pz.nn.ApplyRoPE)
         return ModelConfig(
             family="llama",
@@ -308,66 +277,6 @@ def _config(model: Any, layout: str, n_layers: int, max_positions: int | None, m
     )
 
 
-HEAD_AXES = ("head_groups", "heads", "query_heads")  # outer to inner, as jrome's flat head index runs
-
-
-def _read(value: Any, names: tuple[str, ...]) -> jax.Array:
-    """A penzai named array as jrome's per-layer array: its axes in jrome's order, the head axes it has (read from
-    the array itself) merged with the projection that follows them into one H·hd dimension."""
-    shape = dict(value.named_shape)
-    order: list[str] = []
-    dims: list[int] = []
-    after_heads = False
-    for name in names:
-        if name in (HEADS, KV_HEADS):
-            heads = [axis for axis in HEAD_AXES if axis in shape]  # none for a single key/value head
-            order += heads
-            dims.append(math.prod(shape[axis] for axis in heads))
-        elif name == "projection" and after_heads:
-            order.append(name)
-            dims[-1] *= shape[name]
-        else:
-            order.append(name)
-            dims.append(shape[name])
-        after_heads = name in (HEADS, KV_HEADS)
-    return jnp.asarray(value.unwrap(*order)).reshape(dims)
-
-
-def params_from_named(named: Mapping[str, Any]) -> tuple[str, int, dict]:
-    """(layout, layers, jrome's parameter tree) from penzai parameters by label, e.g. {p.label: p.value for p in
-    pz.unbind_params(model)[1]} ("transformer/block_0/mlp/out_linear.weights": a NamedArray, ...)."""
-    labels = {_strip(label): value for label, value in named.items()}
-    original = {_strip(label): label for label in named}
-    if "block_0/mlp/gating_linear.weights" in labels:
-        layout = "llama"
-    elif "block_0/mlp/in/Linear.weights" in labels:
-        layout = "gpt_neox"
-    else:
-        raise ValueError(
-            "penzai parameters of a Llama-like or GPT-NeoX transformer with unstacked blocks are expected "
-            f"(labels such as transformer/block_0/mlp/out_linear.weights); got {', '.join(sorted(named)[:4])} ..."
-        )
-    n_layers = len({int(m.group(1)) for label in labels if (m := re.match(r"block_(\d+)/", label))})
-    table = _table(layout, n_layers)
-    unknown = sorted(set(labels) - set(table))
-    if unknown:
-        raise ValueError(f"penzai parameters jrome does not know: {', '.join(original[u] for u in unknown[:5])}")
-    flat: dict[tuple[str, ...], Any] = {}
-    stacked: dict[tuple[str, ...], list] = {}
-    for label, (path, layer, names) in table.items():
-        if label in labels:
-            value = _read(labels[label], names)
-            if layer is None:
-                flat[path] = value
-            else:
-                stacked.setdefault(path, [None] * n_layers)[layer] = value
-    flat |= {path: jnp.stack(values) for path, values in stacked.items()}
-    tree: dict = {}
-    for path, value in flat.items():
-        put(tree, path, value)
-    return layout, n_layers, tree
-
-
 def from_penzai(
     model: Any, tokenizer: Any = None, *, max_positions: int | None = None, model_type: str = "", name: str = ""
 ) -> LM:
@@ -375,8 +284,8 @@ def from_penzai(
     and editing with jrome; `update_penzai` puts an edited LM back. penzai models do not record a context length:
     max_positions bounds the inputs jrome accepts (default: the sliding window, else 4096)."""
     pz = _pz()
-    layout, n_layers, tree = params_from_named({p.label: p.value for p in pz.unbind_params(model)[1]})
-    cfg = _config(model, layout, n_layers, max_positions, model_type)
+    variant, n_layers, tree = params_from_named({p.label: p.value for p in pz.unbind_params(model)[1]})
+    cfg = _config(model, variant, n_layers, max_positions, model_type)
     return LM(config=cfg, params=tree, tokenizer=tokenizer, name=name)
 
 
