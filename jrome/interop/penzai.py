@@ -210,70 +210,79 @@ def _activation(fn: Any) -> str:
     raise ValueError(f"from_penzai: the MLP activation {fn!r} is not one jrome runs (gelu, gelu_tanh, silu, relu)")
 
 
+def _instances(model: Any, cls: type) -> list:
+    return _pz().select(model).at_instances_of(cls).get_sequence()
+
+
+def _wavelength(rope: list) -> float:
+    return float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength"))
+
+
 def _config(model: Any, variant: str, n_layers: int, max_positions: int | None, model_type: str) -> ModelConfig:
     """The ModelConfig of a penzai transformer, read from its metadata and layers."""
     pz = _pz()
-    meta = model.metadata
-
-    def instances(cls):
-        return pz.select(model).at_instances_of(cls).get_sequence()
-
-    extras = {
-        "logit soft-capping": instances(pz.nn.TanhSoftCap),
-        "a layer stack": instances(pz.nn.LayerStack),
-    }
-    found = [what for what, present in extras.items() if present]
+    extras = {"logit soft-capping": pz.nn.TanhSoftCap, "a layer stack": pz.nn.LayerStack}
+    found = [what for what, cls in extras.items() if _instances(model, cls)]
     if found:
         raise ValueError(f"from_penzai does not take a model with {', '.join(found)}")
-    n_heads = math.prod([*meta.common_head_axes.values(), *meta.query_only_head_axes.values()])
-    activation = _only([_activation(e.fn) for e in instances(pz.nn.Elementwise)], "MLP activation")
-    windows = [m.sliding_window_size for m in instances(pz.nn.ApplyCausalSlidingWindowAttentionMask)]
+    meta = model.metadata
+    windows = [m.sliding_window_size for m in _instances(model, pz.nn.ApplyCausalSlidingWindowAttentionMask)]
     window = _only(windows, "sliding window") if windows else 0
-    top = model.body.sublayers
-    scale = [float(layer.by) for layer in top if isinstance(layer, pz.nn.ConstantRescale)]
     common = dict(
         vocab_size=meta.vocab_size,
         d_model=meta.embedding_dim,
         n_layers=n_layers,
-        n_heads=n_heads,
+        n_heads=math.prod([*meta.common_head_axes.values(), *meta.query_only_head_axes.values()]),
         head_dim=meta.projection_dim,
         d_mlp=meta.mlp_hidden_dim,
         max_positions=window or max_positions or 4096,
         positions="rotary",
         rotary_style="half",
-        activation=activation,
-        tied_head=any(isinstance(layer, pz.nn.EmbeddingDecode) for layer in top),
+        activation=_only([_activation(e.fn) for e in _instances(model, pz.nn.Elementwise)], "MLP activation"),
+        tied_head=any(isinstance(layer, pz.nn.EmbeddingDecode) for layer in model.body.sublayers),
         head_bias=False,
         model_type=model_type,
     )
     if variant == "llama":
-        rope = instances(pz.nn.ApplyRoPE)
-        return ModelConfig(
-            family="llama",
-            n_kv_heads=math.prod(meta.common_head_axes.values()),
-            norm="rmsnorm",
-            norm_eps=_epsilon(instances(pz.nn.RMSStandardize)),
-            rotary_dim=meta.projection_dim,
-            rope_theta=float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength")),
-            mlp="swiglu",
-            qkv_bias=False,
-            attn_out_bias=False,
-            mlp_bias=False,
-            embed_scale=scale[0] if scale else 1.0,
-            sliding_window=window,
-            **common,
-        )
-    rope = instances(pz.nn.ApplyRoPEToSubset)
-    return ModelConfig(
+        return ModelConfig(**common, **_llama_fields(model, window))
+    return ModelConfig(**common, **_neox_fields(model, common["n_heads"]))
+
+
+def _llama_fields(model: Any, window: int) -> dict[str, Any]:
+    """The fields a Llama-like penzai transformer sets: grouped key/value heads, RMSNorm, full rotary, SwiGLU or
+    GeGLU without biases, an embedding scale (Gemma's) and a sliding window."""
+    pz = _pz()
+    scale = [float(layer.by) for layer in model.body.sublayers if isinstance(layer, pz.nn.ConstantRescale)]
+    return dict(
+        family="llama",
+        n_kv_heads=math.prod(model.metadata.common_head_axes.values()),
+        norm="rmsnorm",
+        norm_eps=_epsilon(_instances(model, pz.nn.RMSStandardize)),
+        rotary_dim=model.metadata.projection_dim,
+        rope_theta=_wavelength(_instances(model, pz.nn.ApplyRoPE)),
+        mlp="swiglu",
+        qkv_bias=False,
+        attn_out_bias=False,
+        mlp_bias=False,
+        embed_scale=scale[0] if scale else 1.0,
+        sliding_window=window,
+    )
+
+
+def _neox_fields(model: Any, n_heads: int) -> dict[str, Any]:
+    """The fields a GPT-NeoX penzai transformer sets: LayerNorm, rotary on a subset of each head, a parallel
+    residual and a GELU MLP."""
+    pz = _pz()
+    rope = _instances(model, pz.nn.ApplyRoPEToSubset)
+    return dict(
         family="gpt_neox",
         n_kv_heads=n_heads,
         norm="layernorm",
-        norm_eps=_epsilon(instances(pz.nn.Standardize)),
+        norm_eps=_epsilon(_instances(model, pz.nn.Standardize)),
         rotary_dim=_only([r.rope_subset_size for r in rope], "rotary size"),
-        rope_theta=float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength")),
+        rope_theta=_wavelength(rope),
         parallel_residual=True,
         mlp="gelu",
-        **common,
     )
 
 
