@@ -48,6 +48,12 @@ class Param:
         """Whether the leaf holds one array per layer (under "blocks")."""
         return self.path[0] == "blocks"
 
+    def shape(self, cfg: ModelConfig) -> tuple[int, ...]:
+        """The leaf's shape in a model with this config (its axes' sizes)."""
+        sizes = {"layer": cfg.n_layers, "vocab": cfg.vocab_size, "position": cfg.max_positions, "d_model": cfg.d_model,
+                 "q": cfg.q_dim, "kv": cfg.kv_dim, "head_dim": cfg.head_dim, "d_mlp": cfg.d_mlp}  # fmt: skip
+        return tuple(sizes[axis] for axis in self.axes)
+
     def hf_name(self, cfg: ModelConfig) -> tuple[str, str]:
         """(transformers tensor name with "{i}" for the layer, how it is stored) in cfg's architecture."""
         for scheme in (POST_NORMS, cfg.family) if cfg.post_norms else (cfg.family,):

@@ -42,6 +42,13 @@ def _unpack(cfg: ModelConfig, x: np.ndarray, how: str, rows: list[Param]) -> lis
     return [parts[p.path[2]] for p in rows]
 
 
+def _stored_shape(cfg: ModelConfig, how: str, rows: list[Param]) -> tuple[int, ...]:
+    """The shape a checkpoint stores the leaves of `rows` in (one layer's, for stacked leaves)."""
+    shapes = [p.shape(cfg)[1:] if p.stacked else p.shape(cfg) for p in rows]
+    shape = (*shapes[0][:-1], sum(s[-1] for s in shapes))  # q, k and v side by side in a fused tensor
+    return shape[::-1] if how in (LINEAR, QKV_PER_HEAD) else shape
+
+
 def _pack(cfg: ModelConfig, leaves: list[np.ndarray], how: str) -> np.ndarray:
     """The inverse of `_unpack`: the stored tensor from its leaves (q, k, v in that order for a fused one)."""
     if how == QKV_CONCAT:
@@ -62,24 +69,26 @@ def params_from_checkpoint(cfg: ModelConfig, names: set[str], get: Getter, place
     prefix = PREFIX[cfg.family]
     bare = not any(n.startswith(prefix) for n in names)
 
-    def read(name: str, rows: list[Param]) -> np.ndarray:
+    def read(name: str, how: str, rows: list[Param]) -> list[np.ndarray]:
+        """The leaves of `rows` from the tensor `name`: missing or of another shape, an error naming it."""
+        roles = ", ".join(p.role for p in rows)
         inside = name.removeprefix(prefix) if bare else name
-        for candidate in (inside, prefix + name):  # a head (outside the base model) is sometimes stored inside it
-            if candidate in names:
-                return get(candidate)
-        raise ValueError(
-            f"the checkpoint has no tensor {inside!r} ({', '.join(p.role for p in rows)}), which a {cfg.family} "
-            "model with this config needs"
-        )
+        found = next((c for c in (inside, prefix + name) if c in names), None)  # a head is sometimes inside the base
+        if found is None:
+            raise ValueError(f"the checkpoint has no tensor {inside!r} ({roles}), which a {cfg.family} model with this config needs")  # fmt: skip
+        x, want = get(found), _stored_shape(cfg, how, rows)
+        if x.shape != want:
+            raise ValueError(f"the checkpoint's {found!r} ({roles}) has shape {x.shape}; this {cfg.family} config needs {want}")  # fmt: skip
+        return _unpack(cfg, x, how, rows)
 
     params: dict = {}
     for name, (how, rows) in _tensors(cfg, stacked=False).items():
-        for p, x in zip(rows, _unpack(cfg, read(name, rows), how, rows), strict=True):
+        for p, x in zip(rows, read(name, how, rows), strict=True):
             put(params, p.path, place.array(p.path, x))
     for name, (how, rows) in _tensors(cfg, stacked=True).items():
 
         def layer(i: int, name: str = name, how: str = how, rows: list[Param] = rows) -> list[np.ndarray]:
-            return _unpack(cfg, read(name.format(i=i), rows), how, rows)
+            return read(name.format(i=i), how, rows)
 
         for p, x in zip(rows, place.stack([p.path for p in rows], layer, cfg.n_layers), strict=True):
             put(params, p.path, x)
