@@ -1,6 +1,7 @@
 """The parameter tree's layout in one table: per leaf its path, what it is, its axes, which axis the mesh's "model"
-axis splits, and its names in transformers checkpoints and penzai models. Loading and export (`weights`),
-placement on a mesh (`placement`) and the penzai conversion (`jrome.interop.penzai`) all read it from here.
+axis splits, and its names in transformers checkpoints and penzai models. Loading and export (`weights`, which
+checks each tensor's shape by the axes), placement on a mesh (`placement`) and the penzai conversion
+(`penzai_labels`, `jrome.interop.penzai`) all read it from here.
 
 Rows run in the order the forward reads them (embeddings, then a block from its attention norm to its MLP output
 norm, then the final norm and head). Axes: "layer" (the stacked blocks), "vocab", "position", "d_model", "q"
