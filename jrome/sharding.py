@@ -3,8 +3,10 @@ splits the noise samples of a trace.
 
 The split is Megatron's: query/key/value and MLP input kernels by output column (whole heads, whole hidden
 units), attention and MLP output kernels by input row, the vocabulary of the embedding and LM head when it
-divides. Arrays carry their `NamedSharding`, so every jitted jrome function runs on the mesh unchanged and
-XLA inserts the collectives; results equal one device's up to float summation order.
+divides: the `split` column of `jrome.models.layout`, turned into shardings by `jrome.models.placement` (which
+`jrome.load(..., mesh=)` also places each tensor by as it is read). Arrays carry their `NamedSharding`, so every
+jitted jrome function runs on the mesh unchanged and XLA inserts the collectives; results equal one device's up to
+float summation order.
 """
 
 from __future__ import annotations
@@ -16,30 +18,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .models.config import ModelConfig
+from .models.layout import MESH_AXES
 from .models.lm import LM
-
-AXES = ("data", "model")
-
-# (path inside params, axis split over "model") — negative axes count from the end; anything else is replicated.
-_SPLIT = {
-    ("blocks", "attn", "q", "kernel"): -1, ("blocks", "attn", "q", "bias"): -1,
-    ("blocks", "attn", "k", "kernel"): -1, ("blocks", "attn", "k", "bias"): -1,
-    ("blocks", "attn", "v", "kernel"): -1, ("blocks", "attn", "v", "bias"): -1,
-    ("blocks", "attn", "o", "kernel"): -2,
-    ("blocks", "mlp", "up", "kernel"): -1, ("blocks", "mlp", "up", "bias"): -1,
-    ("blocks", "mlp", "gate", "kernel"): -1, ("blocks", "mlp", "gate", "bias"): -1,
-    ("blocks", "mlp", "down", "kernel"): -2,
-}  # fmt: skip
-_VOCAB = {("embed", "tokens"): 0, ("head", "kernel"): -1, ("head", "bias"): -1}
+from .models.placement import param_shardings
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
     """ "data=2,model=4" (or "model=8", "data=8") → {"data": 2, "model": 4}; axes left out have size 1."""
-    sizes = dict.fromkeys(AXES, 1)
+    sizes = dict.fromkeys(MESH_AXES, 1)
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, value = part.partition("=")
-        if name.strip() not in AXES or not value.strip().isdigit() or int(value) < 1:
+        if name.strip() not in MESH_AXES or not value.strip().isdigit() or int(value) < 1:
             raise ValueError(f"mesh {spec!r}: cannot read {part!r}; accepted: axis=size with axes data and model, e.g. 'data=2,model=4'")  # fmt: skip
         sizes[name.strip()] = int(value)
     return sizes
@@ -55,39 +44,7 @@ def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | Non
             f"a data={data} x model={model} mesh needs {data * model} devices, but {len(devices)} are available "
             f"({devices[0].platform}); on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N"
         )
-    return Mesh(np.asarray(devices[: data * model]).reshape(data, model), AXES)
-
-
-def check_divides(cfg: ModelConfig, model: int) -> None:
-    """A clear error when the "model" axis does not split the heads or the MLP hidden units (d_mlp) evenly."""
-    dims = {"n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_mlp": cfg.d_mlp}
-    for name, size in dims.items():
-        if size % model:
-            raise ValueError(
-                f"a model axis of {model} does not divide {name}={size}; choose a model axis that divides "
-                + ", ".join(f"{k}={v}" for k, v in dims.items())
-            )
-
-
-def leaf_sharding(cfg: ModelConfig, mesh: Mesh, keys: tuple[str, ...], ndim: int) -> NamedSharding:
-    """The NamedSharding of the parameter at `keys` (its path in the tree), with `ndim` dimensions."""
-    model = mesh.shape["model"]
-    axis = _SPLIT.get(keys)
-    if axis is None and keys in _VOCAB and cfg.vocab_size % model == 0:
-        axis = _VOCAB[keys]
-    if axis is None or model == 1:
-        return NamedSharding(mesh, P())
-    parts = [None] * ndim
-    parts[axis] = "model"
-    return NamedSharding(mesh, P(*parts))
-
-
-def param_shardings(cfg: ModelConfig, params: dict, mesh: Mesh) -> dict:
-    """The NamedSharding of every parameter leaf (same tree structure as params)."""
-    check_divides(cfg, mesh.shape["model"])
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf_sharding(cfg, mesh, tuple(getattr(k, "key", k) for k in path), leaf.ndim), params
-    )
+    return Mesh(np.asarray(devices[: data * model]).reshape(data, model), MESH_AXES)
 
 
 def shard(lm: LM, mesh: Mesh) -> LM:

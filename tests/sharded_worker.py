@@ -38,7 +38,8 @@ def main(model_dir: str, data: int, model: int) -> None:
     out["kernel_shards"] = len(many.params["blocks"]["mlp"]["down"]["kernel"].addressable_shards)
     placement.CHUNK_BYTES = 1  # every layer its own block, written in place into the sharded array
     placed = jrome.load(model_dir, tokenizer=tiny_tokenizer(), mesh=mesh_of(many))
-    pairs = list(zip(jax.tree.leaves(placed.params), jax.tree.leaves(many.params), strict=True))
+    saved = jrome.load(jrome.save(one, Path(sys.argv[4]).parent / "saved"), mesh=mesh_of(many))  # a jrome.save folder
+    pairs = [(a, b) for m in (placed, saved) for a, b in zip(jax.tree.leaves(m.params), jax.tree.leaves(many.params), strict=True)]  # fmt: skip
     out["load_mesh_bitwise"] = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
     out["load_mesh_layout"] = all(a.sharding.is_equivalent_to(b.sharding, a.ndim) for a, b in pairs)
 

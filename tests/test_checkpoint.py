@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import jrome
@@ -22,6 +23,8 @@ def hf_logits(path, ids):
 def test_export_is_loaded_by_transformers_with_the_same_logits(tiny_dir, tmp_path, name):
     lm = jrome.load(tiny_dir(name))
     jrome.export_hf(lm, tmp_path / "hf")
+    theirs, ours = (set(safe_open(str(d / "model.safetensors"), "numpy").keys()) for d in (tiny_dir(name), tmp_path / "hf"))  # fmt: skip
+    assert theirs <= ours and ours - theirs <= {"lm_head.weight"}  # transformers' names; a tied head written too
     ids = np.random.default_rng(0).integers(0, 96, size=(2, 9))
     np.testing.assert_allclose(hf_logits(tmp_path / "hf", ids), np.asarray(jrome.forward(lm, ids).logits), atol=1e-4)
 

@@ -301,3 +301,6 @@ def test_parameters_in_memory_load_flat_nested_or_flax_style_like_the_checkpoint
         jrome.load(flat)
     with pytest.raises(ValueError, match="the checkpoint has no tensor 'model.norm.weight'"):
         jrome.load({k: v for k, v in flat.items() if k != "model.norm.weight"}, config=model.config)
+    up = "model.layers.1.mlp.up_proj.weight"  # [40, 32] stored as a torch Linear; transposed by mistake here
+    with pytest.raises(ValueError, match=rf"'{up}' \(MLP input projection\) has shape \(32, 40\); .* needs \(40, 32\)"):
+        jrome.load(flat | {up: flat[up].T}, config=model.config)

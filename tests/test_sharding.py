@@ -12,7 +12,8 @@ import pytest
 from conftest import separate_compiled_programs
 
 from jrome.models.config import config_from_hf
-from jrome.sharding import check_divides, make_mesh, parse_mesh
+from jrome.models.placement import check_divides, param_shardings
+from jrome.sharding import make_mesh, parse_mesh
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 
@@ -28,7 +29,8 @@ def test_sharded_results_equal_one_device(tiny_dir, tmp_path, name, data, model)
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8 and out["mesh"] == {"data": data, "model": model}
     assert out["kernel_shards"] == data * model  # the weights really are spread over the mesh
-    assert out["load_mesh_bitwise"] and out["load_mesh_layout"]  # load(mesh=) places each tensor as shard() lays it out
+    # load(mesh=) places each tensor as shard() lays it out, from a checkpoint folder and from jrome.save's
+    assert out["load_mesh_bitwise"] and out["load_mesh_layout"]
     for key in ("forward_logits", "forward_captured", "trace_low_high", "trace_hidden", "trace_mlp", "trace_attn",
                 "trace_severed", "stats_mom2", "memit_kernel"):  # fmt: skip
         assert out[key] <= 1e-5, (key, out[key])
@@ -53,6 +55,13 @@ def test_a_mesh_that_does_not_divide_the_model_names_the_dimension(tiny_dir):
         check_divides(cfg, 3)
     with pytest.raises(ValueError, match="needs 16 devices, but 1 are available"):
         make_mesh(4, 4)
+
+
+def test_a_leaf_the_layout_does_not_have_is_an_error_not_left_unsplit(tiny_lm):
+    lm = tiny_lm("llama")
+    params = {**lm.params, "blocks": {**lm.params["blocks"], "adapter": {"kernel": lm.params["blocks"]["mlp"]["up"]["kernel"]}}}  # fmt: skip
+    with pytest.raises(ValueError, match="blocks.adapter.kernel is not a parameter of jrome's layout"):
+        param_shardings(lm.config, params, make_mesh(1, 1))
 
 
 @pytest.mark.slow

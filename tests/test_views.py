@@ -3,6 +3,7 @@ as labelled heat maps (the labels are in the HTML that a notebook shows)."""
 
 from __future__ import annotations
 
+import json
 from html import unescape
 
 import numpy as np
@@ -51,7 +52,12 @@ def test_an_edit_shows_its_vectors_and_every_loss_term(tiny_lm):
 
 
 def test_a_summary_shows_metrics_before_and_after():
-    summary = Summary(n=2, metrics={"ES": {"pre": {"mean": 0.25, "ci95": 0.1, "n": 2}, "post": {"mean": 1.0, "ci95": 0.0, "n": 2}}}, method="rome")  # fmt: skip
+    metrics = {"ES": {"pre": {"mean": 0.25, "ci95": 0.1, "n": 2}, "post": {"mean": 1.0, "ci95": 0.0, "n": 2}},
+               "NS": {"post": {"mean": 0.5, "ci95": 0.2, "n": 2}}}  # fmt: skip
+    summary = Summary(n=2, metrics=metrics, method="rome")
     page = html(summary)
-    assert axis("metric") in page and '"before"' in page and '"after"' in page and "ES" in page and "rome" in page
-    assert summary["metrics"]["ES"]["post"]["mean"] == 1.0  # still the dict run_eval always returned
+    assert axis("metric") in page and '"before"' in page and '"after"' in page and "rome" in page
+    assert "ES" in page and "NS" in page  # a metric measured only after the edit has its row too
+    # still the dict run_eval always returned: written to summary.json and read back as that JSON
+    written = '{"n": 2, "metrics": {"ES": {"pre": {"mean": 0.25, "ci95": 0.1, "n": 2}, "post": {"mean": 1.0, "ci95": 0.0, "n": 2}}, "NS": {"post": {"mean": 0.5, "ci95": 0.2, "n": 2}}}, "method": "rome"}'  # fmt: skip
+    assert json.loads(json.dumps(summary)) == json.loads(written) and summary == json.loads(written)

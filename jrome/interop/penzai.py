@@ -3,8 +3,8 @@ jrome's edits land in the penzai model.
 
 penzai (the JAX interpretability toolkit) builds Llama-like (Llama, Mistral, SmolLM2) and GPT-NeoX transformers as
 pytrees of layers whose parameters are named arrays labelled by where they sit ("transformer/block_3/mlp/
-out_linear.weights"). The conversion is a table from those labels and axis names to jrome's parameter tree (see
-docs/architecture.md); values are moved, never recomputed, so a round trip gives the same arrays bit for bit.
+out_linear.weights"). The labels are the penzai column of `jrome.models.layout`, read by
+`jrome.models.penzai_labels`; values are moved, never recomputed, so a round trip gives the same arrays bit for bit.
 Needs the optional `penzai` package (`pip install "jrome[penzai]"`).
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -22,49 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
+from ..models.layout import leaf
 from ..models.lm import LM
+from ..models.penzai_labels import HEADS, KV_HEADS, label_table, params_from_named, strip_label
 
-HEADS, KV_HEADS = "<heads>", "<kv heads>"  # stand for the model's head axes (penzai names them per head layout)
-
-# penzai label (after "block_<i>/") -> (jrome path under "blocks", penzai axes of the per-layer array, in the
-# order of jrome's axes: a kernel's (in, out) with its head axes in the place of the flat H·hd dimension)
-LLAMA_BLOCK = {
-    "pre_attention_norm/scale.weights": ("norm_attn.scale", ("embedding",)),
-    "pre_ffw_norm/scale.weights": ("norm_mlp.scale", ("embedding",)),
-    "attention/query.weights": ("attn.q.kernel", ("embedding", HEADS, "projection")),
-    "attention/key.weights": ("attn.k.kernel", ("embedding", KV_HEADS, "projection")),
-    "attention/value.weights": ("attn.v.kernel", ("embedding", KV_HEADS, "projection")),
-    "attention/output.weights": ("attn.o.kernel", (HEADS, "projection", "embedding")),
-    "mlp/gating_linear.weights": ("mlp.gate.kernel", ("embedding", "neurons")),
-    "mlp/value_linear.weights": ("mlp.up.kernel", ("embedding", "neurons")),
-    "mlp/out_linear.weights": ("mlp.down.kernel", ("neurons", "embedding")),
-}
-NEOX_BLOCK = {
-    "pre_attention_norm/scale.weights": ("norm_attn.scale", ("embedding",)),
-    "pre_attention_norm/shift.bias": ("norm_attn.bias", ("embedding",)),
-    "pre_ffw_norm/scale.weights": ("norm_mlp.scale", ("embedding",)),
-    "pre_ffw_norm/shift.bias": ("norm_mlp.bias", ("embedding",)),
-    **{
-        f"attention/{name}/Linear.weights": (f"attn.{x}.kernel", ("embedding", HEADS, "projection"))
-        for name, x in (("query", "q"), ("key", "k"), ("value", "v"))
-    },
-    **{
-        f"attention/{name}/AddBias.bias": (f"attn.{x}.bias", (HEADS, "projection"))
-        for name, x in (("query", "q"), ("key", "k"), ("value", "v"))
-    },
-    "attention/output/Linear.weights": ("attn.o.kernel", (HEADS, "projection", "embedding")),
-    "attention/output/AddBias.bias": ("attn.o.bias", ("embedding",)),
-    "mlp/in/Linear.weights": ("mlp.up.kernel", ("embedding", "neurons")),
-    "mlp/in/AddBias.bias": ("mlp.up.bias", ("neurons",)),
-    "mlp/out/Linear.weights": ("mlp.down.kernel", ("neurons", "embedding")),
-    "mlp/out/AddBias.bias": ("mlp.down.bias", ("embedding",)),
-}
-TOP = {
-    "embedder.embeddings": ("embed.tokens", ("vocabulary", "embedding")),
-    "final_norm/scale.weights": ("norm_final.scale", ("embedding",)),
-    "final_norm/shift.bias": ("norm_final.bias", ("embedding",)),
-    "lm_head.weights": ("head.kernel", ("embedding", "vocabulary")),
-}
 PENZAI_ACTIVATIONS = {"gelu": "gelu_exact", "gelu_tanh": "gelu_approx", "relu": "relu", "silu": "silu"}
 NAME = "transformer"  # the prefix of every parameter label in the models to_penzai builds
 
@@ -77,7 +36,7 @@ def _pz():
     return pz
 
 
-def _layout(cfg: ModelConfig) -> str:
+def _variant(cfg: ModelConfig) -> str:
     """Which penzai variant holds this architecture ("llama" or "gpt_neox"); a clear error for what none holds."""
     if cfg.family == "llama":
         unsupported = {
@@ -89,16 +48,16 @@ def _layout(cfg: ModelConfig) -> str:
             "partial rotary": cfg.rotary_dim != cfg.head_dim,
             f"the {cfg.activation} gated MLP": cfg.activation not in ("silu", "gelu_tanh"),
         }
-        layout = "llama"
+        variant = "llama"
     elif cfg.family == "gpt_neox":
         unsupported = {
             "sequential residuals (use_parallel_residual=False)": not cfg.parallel_residual,
             "a tied LM head": cfg.tied_head,
             "an LM head bias": cfg.head_bias,
         }
-        layout = "gpt_neox"
+        variant = "gpt_neox"
     else:
-        unsupported, layout = {f"the {cfg.family} family": True}, ""
+        unsupported, variant = {f"the {cfg.family} family": True}, ""
     found = [what for what, present in unsupported.items() if present]
     if found:
         raise ValueError(
@@ -106,13 +65,13 @@ def _layout(cfg: ModelConfig) -> str:
             "to_penzai takes Llama-like models (Llama, Mistral, SmolLM2: no biases, full rotary) and GPT-NeoX "
             "(parallel residual, untied head)"
         )
-    return layout
+    return variant
 
 
 def _model_def(cfg: ModelConfig, dtype: Any):
     """penzai's model for cfg with parameter slots (no values yet)."""
     pz = _pz()
-    if _layout(cfg) == "gpt_neox":
+    if _variant(cfg) == "gpt_neox":
         from penzai.models.transformer.variants import gpt_neox
 
         config = gpt_neox.GPTNeoXTransformerConfig(
@@ -181,39 +140,20 @@ def _axes(names: tuple[str, ...], metadata: Any) -> list[tuple[str, int]]:
     return out
 
 
-def _table(layout: str, n_layers: int) -> dict[str, tuple[str, int | None, tuple[str, ...]]]:
-    """penzai label (without the model's name) -> (jrome path, layer or None, penzai axes)."""
-    table = {label: (path, None, axes) for label, (path, axes) in TOP.items()}
-    block = LLAMA_BLOCK if layout == "llama" else NEOX_BLOCK
-    for i in range(n_layers):
-        table |= {f"block_{i}/{label}": (f"blocks.{path}", i, axes) for label, (path, axes) in block.items()}
-    return table
-
-
-def _get(tree: dict, path: str) -> Any:
-    return functools.reduce(lambda node, key: node[key], path.split("."), tree)
-
-
 def _named_values(lm: LM, labels: list[str], metadata: Any) -> dict[str, Any]:
     """lm's parameters as penzai named arrays, for these parameter labels of a penzai model."""
     pz = _pz()
-    table = _table(_layout(lm.config), lm.config.n_layers)
+    table = label_table(_variant(lm.config), lm.config.n_layers)
     values = {}
     for label in labels:
-        if _strip(label) not in table:
+        if strip_label(label) not in table:
             raise ValueError(f"the penzai model has a parameter jrome does not know: {label}")
-        path, layer, names = table[_strip(label)]
-        array = _get(lm.params, path)
+        path, layer, names = table[strip_label(label)]
+        array = leaf(lm.params, path)
         array = array if layer is None else array[layer]
         axes = _axes(names, metadata)
         values[label] = pz.nx.wrap(array.reshape([size for _, size in axes])).tag(*[name for name, _ in axes])
     return values
-
-
-def _strip(label: str) -> str:
-    """A label without the model's name ("transformer/block_0/..." -> "block_0/...")."""
-    match = re.search(r"(block_\d+/.*|embedder\.embeddings|final_norm/.*|lm_head\.weights)$", label)
-    return match.group(1) if match else label
 
 
 def to_penzai(lm: LM) -> Any:
@@ -270,132 +210,80 @@ def _activation(fn: Any) -> str:
     raise ValueError(f"from_penzai: the MLP activation {fn!r} is not one jrome runs (gelu, gelu_tanh, silu, relu)")
 
 
-def _config(model: Any, layout: str, n_layers: int, max_positions: int | None, model_type: str) -> ModelConfig:
+def _instances(model: Any, cls: type) -> list:
+    return _pz().select(model).at_instances_of(cls).get_sequence()
+
+
+def _wavelength(rope: list) -> float:
+    return float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength"))
+
+
+def _config(model: Any, variant: str, n_layers: int, max_positions: int | None, model_type: str) -> ModelConfig:
     """The ModelConfig of a penzai transformer, read from its metadata and layers."""
     pz = _pz()
-    meta = model.metadata
-
-    def instances(cls):
-        return pz.select(model).at_instances_of(cls).get_sequence()
-
-    extras = {
-        "logit soft-capping": instances(pz.nn.TanhSoftCap),
-        "a layer stack": instances(pz.nn.LayerStack),
-    }
-    found = [what for what, present in extras.items() if present]
+    extras = {"logit soft-capping": pz.nn.TanhSoftCap, "a layer stack": pz.nn.LayerStack}
+    found = [what for what, cls in extras.items() if _instances(model, cls)]
     if found:
         raise ValueError(f"from_penzai does not take a model with {', '.join(found)}")
-    n_heads = math.prod([*meta.common_head_axes.values(), *meta.query_only_head_axes.values()])
-    activation = _only([_activation(e.fn) for e in instances(pz.nn.Elementwise)], "MLP activation")
-    windows = [m.sliding_window_size for m in instances(pz.nn.ApplyCausalSlidingWindowAttentionMask)]
+    meta = model.metadata
+    windows = [m.sliding_window_size for m in _instances(model, pz.nn.ApplyCausalSlidingWindowAttentionMask)]
     window = _only(windows, "sliding window") if windows else 0
-    top = model.body.sublayers
-    scale = [float(layer.by) for layer in top if isinstance(layer, pz.nn.ConstantRescale)]
     common = dict(
         vocab_size=meta.vocab_size,
         d_model=meta.embedding_dim,
         n_layers=n_layers,
-        n_heads=n_heads,
+        n_heads=math.prod([*meta.common_head_axes.values(), *meta.query_only_head_axes.values()]),
         head_dim=meta.projection_dim,
         d_mlp=meta.mlp_hidden_dim,
         max_positions=window or max_positions or 4096,
         positions="rotary",
         rotary_style="half",
-        activation=activation,
-        tied_head=any(isinstance(layer, pz.nn.EmbeddingDecode) for layer in top),
+        activation=_only([_activation(e.fn) for e in _instances(model, pz.nn.Elementwise)], "MLP activation"),
+        tied_head=any(isinstance(layer, pz.nn.EmbeddingDecode) for layer in model.body.sublayers),
         head_bias=False,
         model_type=model_type,
     )
-    if layout == "llama":
-        rope = instances(pz.nn.ApplyRoPE)
-        return ModelConfig(
-            family="llama",
-            n_kv_heads=math.prod(meta.common_head_axes.values()),
-            norm="rmsnorm",
-            norm_eps=_epsilon(instances(pz.nn.RMSStandardize)),
-            rotary_dim=meta.projection_dim,
-            rope_theta=float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength")),
-            mlp="swiglu",
-            qkv_bias=False,
-            attn_out_bias=False,
-            mlp_bias=False,
-            embed_scale=scale[0] if scale else 1.0,
-            sliding_window=window,
-            **common,
-        )
-    rope = instances(pz.nn.ApplyRoPEToSubset)
-    return ModelConfig(
-        family="gpt_neox",
-        n_kv_heads=n_heads,
-        norm="layernorm",
-        norm_eps=_epsilon(instances(pz.nn.Standardize)),
-        rotary_dim=_only([r.rope_subset_size for r in rope], "rotary size"),
-        rope_theta=float(_only([float(r.max_wavelength) for r in rope], "rotary wavelength")),
-        parallel_residual=True,
-        mlp="gelu",
-        **common,
+    if variant == "llama":
+        return ModelConfig(**common, **_llama_fields(model, window))
+    return ModelConfig(**common, **_neox_fields(model, common["n_heads"]))
+
+
+def _llama_fields(model: Any, window: int) -> dict[str, Any]:
+    """The fields a Llama-like penzai transformer sets: grouped key/value heads, RMSNorm, full rotary, SwiGLU or
+    GeGLU without biases, an embedding scale (Gemma's) and a sliding window."""
+    pz = _pz()
+    scale = [float(layer.by) for layer in model.body.sublayers if isinstance(layer, pz.nn.ConstantRescale)]
+    return dict(
+        family="llama",
+        n_kv_heads=math.prod(model.metadata.common_head_axes.values()),
+        norm="rmsnorm",
+        norm_eps=_epsilon(_instances(model, pz.nn.RMSStandardize)),
+        rotary_dim=model.metadata.projection_dim,
+        rope_theta=_wavelength(_instances(model, pz.nn.ApplyRoPE)),
+        mlp="swiglu",
+        qkv_bias=False,
+        attn_out_bias=False,
+        mlp_bias=False,
+        embed_scale=scale[0] if scale else 1.0,
+        sliding_window=window,
     )
 
 
-HEAD_AXES = ("head_groups", "heads", "query_heads")  # outer to inner, as jrome's flat head index runs
-
-
-def _read(value: Any, names: tuple[str, ...]) -> jax.Array:
-    """A penzai named array as jrome's per-layer array: its axes in jrome's order, the head axes it has (read from
-    the array itself) merged with the projection that follows them into one H·hd dimension."""
-    shape = dict(value.named_shape)
-    order: list[str] = []
-    dims: list[int] = []
-    after_heads = False
-    for name in names:
-        if name in (HEADS, KV_HEADS):
-            heads = [axis for axis in HEAD_AXES if axis in shape]  # none for a single key/value head
-            order += heads
-            dims.append(math.prod(shape[axis] for axis in heads))
-        elif name == "projection" and after_heads:
-            order.append(name)
-            dims[-1] *= shape[name]
-        else:
-            order.append(name)
-            dims.append(shape[name])
-        after_heads = name in (HEADS, KV_HEADS)
-    return jnp.asarray(value.unwrap(*order)).reshape(dims)
-
-
-def params_from_named(named: Mapping[str, Any]) -> tuple[str, int, dict]:
-    """(layout, layers, jrome's parameter tree) from penzai parameters by label, e.g. {p.label: p.value for p in
-    pz.unbind_params(model)[1]} ("transformer/block_0/mlp/out_linear.weights": a NamedArray, ...)."""
-    labels = {_strip(label): value for label, value in named.items()}
-    original = {_strip(label): label for label in named}
-    if "block_0/mlp/gating_linear.weights" in labels:
-        layout = "llama"
-    elif "block_0/mlp/in/Linear.weights" in labels:
-        layout = "gpt_neox"
-    else:
-        raise ValueError(
-            "penzai parameters of a Llama-like or GPT-NeoX transformer with unstacked blocks are expected "
-            f"(labels such as transformer/block_0/mlp/out_linear.weights); got {', '.join(sorted(named)[:4])} ..."
-        )
-    n_layers = len({int(m.group(1)) for label in labels if (m := re.match(r"block_(\d+)/", label))})
-    table = _table(layout, n_layers)
-    unknown = sorted(set(labels) - set(table))
-    if unknown:
-        raise ValueError(f"penzai parameters jrome does not know: {', '.join(original[u] for u in unknown[:5])}")
-    flat: dict[str, Any] = {}
-    stacked: dict[str, list] = {}
-    for label, (path, layer, names) in table.items():
-        if label in labels:
-            value = _read(labels[label], names)
-            if layer is None:
-                flat[path] = value
-            else:
-                stacked.setdefault(path, [None] * n_layers)[layer] = value
-    flat |= {path: jnp.stack(values) for path, values in stacked.items()}
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        functools.reduce(lambda node, key: node.setdefault(key, {}), parents, tree)[leaf] = value
-    return layout, n_layers, tree
+def _neox_fields(model: Any, n_heads: int) -> dict[str, Any]:
+    """The fields a GPT-NeoX penzai transformer sets: LayerNorm, rotary on a subset of each head, a parallel
+    residual and a GELU MLP."""
+    pz = _pz()
+    rope = _instances(model, pz.nn.ApplyRoPEToSubset)
+    return dict(
+        family="gpt_neox",
+        n_kv_heads=n_heads,
+        norm="layernorm",
+        norm_eps=_epsilon(_instances(model, pz.nn.Standardize)),
+        rotary_dim=_only([r.rope_subset_size for r in rope], "rotary size"),
+        rope_theta=_wavelength(rope),
+        parallel_residual=True,
+        mlp="gelu",
+    )
 
 
 def from_penzai(
@@ -405,8 +293,8 @@ def from_penzai(
     and editing with jrome; `update_penzai` puts an edited LM back. penzai models do not record a context length:
     max_positions bounds the inputs jrome accepts (default: the sliding window, else 4096)."""
     pz = _pz()
-    layout, n_layers, tree = params_from_named({p.label: p.value for p in pz.unbind_params(model)[1]})
-    cfg = _config(model, layout, n_layers, max_positions, model_type)
+    variant, n_layers, tree = params_from_named({p.label: p.value for p in pz.unbind_params(model)[1]})
+    cfg = _config(model, variant, n_layers, max_positions, model_type)
     return LM(config=cfg, params=tree, tokenizer=tokenizer, name=name)
 
 

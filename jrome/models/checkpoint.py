@@ -17,10 +17,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from ..files import user_mode
 from .config import ModelConfig
 from .lm import LM
+from .placement import Placer
 from .weights import checkpoint_from_params
 
 MARKER = "jrome.json"
@@ -63,15 +65,16 @@ def save(lm: LM, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-def load_saved(path: Path, dtype: Any) -> LM:
-    """Read a folder written by `save`."""
+def load_saved(path: Path, dtype: Any, mesh: Mesh | None = None) -> LM:
+    """Read a folder written by `save`, its parameters in `dtype`, laid out over `mesh` when given."""
     import orbax.checkpoint as ocp
 
     meta = json.loads((path / MARKER).read_text())
     cfg = ModelConfig(**meta["config"])
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore((path / "params").absolute())
-    params = jax.tree.map(lambda x: jax.numpy.asarray(x, dtype=dtype), params)
+    place = Placer(cfg, dtype, mesh)
+    params = jax.tree_util.tree_map_with_path(lambda p, x: place.array(tuple(k.key for k in p), x), params)
     tokenizer = None
     if (path / "tokenizer").is_dir():
         from transformers import PreTrainedTokenizerFast

@@ -133,94 +133,96 @@ def _activation(name: str) -> str:
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     """Read a Hugging Face `config.json` (as a dict) into a ModelConfig, with transformers' defaults."""
     model_type = cfg.get("model_type")
-    if model_type == "gpt2":
-        if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
-            raise ValueError(
-                "GPT-2 variants with scale_attn_by_inverse_layer_idx or unscaled attention are not supported"
-            )
-        d = cfg["n_embd"]
-        heads = cfg["n_head"]
-        return ModelConfig(
-            family="gpt2",
-            vocab_size=cfg["vocab_size"],
-            d_model=d,
-            n_layers=cfg["n_layer"],
-            n_heads=heads,
-            n_kv_heads=heads,
-            head_dim=d // heads,
-            d_mlp=_get(cfg, "n_inner", default=4 * d),
-            max_positions=_get(cfg, "n_positions", "n_ctx", default=1024),
-            norm_eps=_get(cfg, "layer_norm_epsilon", default=1e-5),
-            activation=_activation(_get(cfg, "activation_function", default="gelu_new")),
-            tied_head=_get(cfg, "tie_word_embeddings", default=True),
+    builders = {"gpt2": _gpt2, "gptj": _gptj, "gpt_neox": _gpt_neox, **dict.fromkeys(LLAMA_LIKE, _llama_like)}
+    if model_type not in builders:
+        raise ValueError(
+            f"unknown architecture model_type={model_type!r}; supported families: {', '.join(FAMILIES)} "
+            f"(GPT-2, GPT-J, GPT-NeoX/Pythia, and the Llama layout: {', '.join(LLAMA_LIKE)}, e.g. SmolLM2)"
         )
-    if model_type == "gptj":
-        d = cfg["n_embd"]
-        heads = cfg["n_head"]
-        return ModelConfig(
-            family="gptj",
-            vocab_size=cfg["vocab_size"],
-            d_model=d,
-            n_layers=cfg["n_layer"],
-            n_heads=heads,
-            n_kv_heads=heads,
-            head_dim=d // heads,
-            d_mlp=_get(cfg, "n_inner", default=4 * d),
-            max_positions=_get(cfg, "n_positions", default=2048),
-            norm_eps=_get(cfg, "layer_norm_epsilon", default=1e-5),
-            positions="rotary",
-            rotary_dim=_get(cfg, "rotary_dim", default=d // heads),
-            rotary_style="interleaved",
-            parallel_residual=True,
-            shared_norm=True,
-            activation=_activation(_get(cfg, "activation_function", default="gelu_new")),
-            qkv_bias=False,
-            attn_out_bias=False,
-            tied_head=_get(cfg, "tie_word_embeddings", default=False),
-            head_bias=True,
-        )
-    if model_type == "gpt_neox":
-        d = cfg["hidden_size"]
-        heads = cfg["num_attention_heads"]
-        theta, fraction = _rope(cfg, 10000.0, 0.25)
-        bias = _get(cfg, "attention_bias", default=True)
-        return ModelConfig(
-            family="gpt_neox",
-            vocab_size=cfg["vocab_size"],
-            d_model=d,
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=heads,
-            n_kv_heads=heads,
-            head_dim=d // heads,
-            d_mlp=_get(cfg, "intermediate_size", default=4 * d),
-            max_positions=_get(cfg, "max_position_embeddings", default=2048),
-            norm_eps=_get(cfg, "layer_norm_eps", default=1e-5),
-            positions="rotary",
-            rotary_dim=int(d // heads * fraction),
-            rope_theta=theta,
-            parallel_residual=_get(cfg, "use_parallel_residual", default=True),
-            activation=_activation(_get(cfg, "hidden_act", default="gelu")),
-            qkv_bias=bias,
-            attn_out_bias=bias,
-            tied_head=_get(cfg, "tie_word_embeddings", default=False),
-        )
-    if model_type in LLAMA_LIKE:
-        return _llama_like(model_type, cfg)
-    raise ValueError(
-        f"unknown architecture model_type={model_type!r}; supported families: {', '.join(FAMILIES)} "
-        f"(GPT-2, GPT-J, GPT-NeoX/Pythia, and the Llama layout: {', '.join(LLAMA_LIKE)}, e.g. SmolLM2)"
+    return builders[model_type](cfg)
+
+
+# The config.json keys of (width, layers, heads, MLP width, norm epsilon, activation): GPT-2 and GPT-J keep the
+# old names, GPT-NeoX has transformers' current ones.
+_OLD_NAMES = ("n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon", "activation_function")
+_NEW_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "layer_norm_eps", "hidden_act")  # fmt: skip
+
+
+def _mha_sizes(cfg: dict[str, Any], names: tuple[str, ...], activation: str) -> dict[str, Any]:
+    """The fields every head-per-key/value model (GPT-2, GPT-J, GPT-NeoX) reads alike, under its family's key
+    `names`, with transformers' defaults (an MLP 4 × wide, ε = 1e-5, `activation`)."""
+    width, layers, heads, inner, eps, act = names
+    d, h = cfg[width], cfg[heads]
+    return dict(
+        vocab_size=cfg["vocab_size"],
+        d_model=d,
+        n_layers=cfg[layers],
+        n_heads=h,
+        n_kv_heads=h,
+        head_dim=d // h,
+        d_mlp=_get(cfg, inner, default=4 * d),
+        norm_eps=_get(cfg, eps, default=1e-5),
+        activation=_activation(_get(cfg, act, default=activation)),
+    )
+
+
+def _gpt2(cfg: dict[str, Any]) -> ModelConfig:
+    if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
+        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or unscaled attention are not supported")
+    return ModelConfig(
+        family="gpt2",
+        **_mha_sizes(cfg, _OLD_NAMES, "gelu_new"),
+        max_positions=_get(cfg, "n_positions", "n_ctx", default=1024),
+        tied_head=_get(cfg, "tie_word_embeddings", default=True),
+    )
+
+
+def _gptj(cfg: dict[str, Any]) -> ModelConfig:
+    sizes = _mha_sizes(cfg, _OLD_NAMES, "gelu_new")
+    return ModelConfig(
+        family="gptj",
+        **sizes,
+        max_positions=_get(cfg, "n_positions", default=2048),
+        positions="rotary",
+        rotary_dim=_get(cfg, "rotary_dim", default=sizes["head_dim"]),
+        rotary_style="interleaved",
+        parallel_residual=True,
+        shared_norm=True,
+        qkv_bias=False,
+        attn_out_bias=False,
+        tied_head=_get(cfg, "tie_word_embeddings", default=False),
+        head_bias=True,
+    )
+
+
+def _gpt_neox(cfg: dict[str, Any]) -> ModelConfig:
+    sizes = _mha_sizes(cfg, _NEW_NAMES, "gelu")
+    theta, fraction = _rope(cfg, 10000.0, 0.25)
+    bias = _get(cfg, "attention_bias", default=True)
+    return ModelConfig(
+        family="gpt_neox",
+        **sizes,
+        max_positions=_get(cfg, "max_position_embeddings", default=2048),
+        positions="rotary",
+        rotary_dim=int(sizes["head_dim"] * fraction),
+        rope_theta=theta,
+        parallel_residual=_get(cfg, "use_parallel_residual", default=True),
+        qkv_bias=bias,
+        attn_out_bias=bias,
+        tied_head=_get(cfg, "tie_word_embeddings", default=False),
     )
 
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
 
-def _llama_like(model_type: str, cfg: dict[str, Any]) -> ModelConfig:
+def _llama_like(cfg: dict[str, Any]) -> ModelConfig:
     """Llama and the families that share its parameter names, each as switches of the one config:
     Mistral (a sliding window), Qwen2 (biases on q, k, v only), Qwen3 (q/k RMSNorm), Gemma (RMSNorm scale stored
     minus one, embeddings times sqrt(d), GeGLU, tied head, head_dim 256), Gemma 2 (Gemma's, plus norms after
     attention and MLP, soft-capped attention scores and logits, its own query scale, a window on every other layer),
     Gemma 3 (Gemma 2's without soft caps, plus q/k norms and a rotary theta of its own on the sliding-window layers)."""
+    model_type = cfg["model_type"]
     d = cfg["hidden_size"]
     heads = cfg["num_attention_heads"]
     gemma3 = model_type == "gemma3_text"

@@ -17,6 +17,7 @@ import numpy as np
 from .checkpoint import MARKER, load_saved
 from .config import config_from_hf
 from .lm import LM
+from .penzai_labels import is_named, params_from_named
 from .placement import Placer
 from .weights import checkpoint_from_params, params_from_checkpoint
 
@@ -89,11 +90,7 @@ def load(
             raise FileNotFoundError(f"no GGUF file at {spec}")
         lm = _load_gguf(Path(spec), target, name=spec, mesh=mesh)
     elif Path(spec).is_dir() and (Path(spec) / MARKER).is_file():
-        lm = load_saved(Path(spec), target)
-        if mesh is not None:
-            from ..sharding import shard
-
-            lm = shard(lm, mesh)
+        lm = load_saved(Path(spec), target, mesh)
     elif Path(spec).is_dir():
         lm = _load_directory(Path(spec), target, name=spec, mesh=mesh)
     elif Path(spec).exists():
@@ -155,9 +152,7 @@ def _load_mapping(tree: Mapping, config: Any, dtype: Any, mesh: Any) -> LM:
     elif not isinstance(config, Mapping):
         config = config.to_dict()
     cfg = config_from_hf(dict(config))
-    if any(hasattr(value, "named_shape") for value in tree.values()):  # penzai's named arrays by parameter label
-        from ..interop.penzai import params_from_named
-
+    if any(is_named(value) for value in tree.values()):  # penzai's named arrays by parameter label
         params = params_from_named(tree)[2]
         cfg = dataclasses.replace(cfg, tied_head="head" not in params)  # penzai's converters untie every head
         tree = checkpoint_from_params(cfg, params)
