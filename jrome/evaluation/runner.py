@@ -25,7 +25,8 @@ from ..views import Summary
 from .consistency import References, load_references
 from .datasets import EditCase, load_dataset
 from .fluency import MAX_OUT_LEN, generate_texts, generation_entropy
-from .methods import CONTEXT_FILE, get_method
+from .health import health, heldout_windows
+from .methods import CONTEXT_FILE, METHODS, get_method
 from .metrics import case_probabilities, counterfact_case_scores, zsre_case_scores
 
 # Summary columns named as in the paper, and the per-case field each averages.
@@ -78,6 +79,14 @@ def harmonic_mean(values: list[float]) -> float:
 def summarise(records: list[dict], dataset: str) -> dict[str, Any]:
     """summarize.py: each column's mean over cases of the per-case values, with a 95% interval (normal
     approximation), before and after; S is the harmonic mean of the three success rates' means."""
+    out: dict[str, Any] = {"n": len(records), "metrics": column_stats(records, dataset)}
+    for key in ("edit", "score"):
+        out[f"seconds_{key}"] = float(np.mean([r["seconds"][key] for r in records])) if records else float("nan")
+    return out
+
+
+def column_stats(records: list[dict], dataset: str) -> dict[str, dict]:
+    """Each column's {"pre": ..., "post": ...} mean, 95% half-interval and count over records with pre and post."""
     if dataset not in COLUMNS:
         raise ValueError(f"unknown dataset kind {dataset!r}; known: {', '.join(COLUMNS)}")
     metrics: dict[str, dict] = {}
@@ -92,11 +101,7 @@ def summarise(records: list[dict], dataset: str) -> dict[str, Any]:
         if all(parts):
             s = harmonic_mean([p["mean"] for p in parts])
             metrics.setdefault("S", {})[when] = {"mean": s, "ci95": None, "n": len(records)}
-    order = ["S", *COLUMNS[dataset]]
-    out: dict[str, Any] = {"n": len(records), "metrics": {c: metrics[c] for c in order if c in metrics}}
-    for key in ("edit", "score"):
-        out[f"seconds_{key}"] = float(np.mean([r["seconds"][key] for r in records])) if records else float("nan")
-    return out
+    return {c: metrics[c] for c in ["S", *COLUMNS[dataset]] if c in metrics}
 
 
 def markdown_table(summary: dict[str, Any], title: str) -> str:
@@ -119,6 +124,12 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     for metric, values in summary["metrics"].items():
         lines.append(f"| {metric} | {cell(values.get('pre'))} | {cell(values.get('post'))} |")
     lines += [f"\n{note}" for note in summary.get("notes", [])]
+    if summary.get("curve"):  # a sequential run: how the edits so far held up after each checkpoint
+        from .lifelong import curve_table
+
+        hp = summary["hparams"]
+        layers = hp["layers"] if "layers" in hp else [hp["layer"]]
+        lines += ["", "The edits so far after each checkpoint (× 100):", "", curve_table(summary["curve"], layers)]
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +169,122 @@ def pre_scores(folder: str | os.PathLike, lm: LM, settings: dict[str, Any]) -> d
     return {cid: r["pre"] for cid, r in read_jsonl(folder / "cases.jsonl", "case_id", rewrite=False).items()}
 
 
+@dataclasses.dataclass
+class Run:
+    """What every protocol of one evaluation shares: the unedited model, the method and its context, how cases are
+    scored, pre-edit scores read from elsewhere, and where finished records go (out/cases.jsonl)."""
+
+    lm: LM
+    method: Any
+    ctx: Any
+    folder: Path | None
+    max_out_len: int
+    seed: int
+    references: References | None
+    reused: dict[int, dict]
+    progress: bool
+
+    def score(self, lm: LM, cases: Sequence[EditCase], edits: Sequence[RankOne | None] | None = None) -> list[dict]:
+        return score_cases(lm, cases, self.max_out_len, self.seed, self.references, edits)
+
+    def pre(self, cases: Sequence[EditCase]) -> list[dict]:
+        """The unedited model's scores of the cases: read from pre_from where it has them, else computed together."""
+        fresh = iter(self.score(self.lm, [c for c in cases if c.case_id not in self.reused]) if cases else [])
+        return [self.reused[c.case_id] if c.case_id in self.reused else next(fresh) for c in cases]
+
+    def finish(self, case: EditCase, pre: dict, post: dict, edit_seconds: float, score_seconds: float, **extra) -> dict:
+        """The case's record, appended to out/cases.jsonl (extra: what the protocol adds, e.g. the case's batch)."""
+        record = {
+            "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
+            "seconds": {"edit": edit_seconds, "score": score_seconds}, **extra,
+        }  # fmt: skip
+        if self.folder is not None:
+            append_jsonl(self.folder / "cases.jsonl", record)
+        return record
+
+
+def run_each(run: Run, todo: Sequence[EditCase], batch: int, bar: Any) -> dict[int, dict]:
+    """The paper's protocol: each case edited alone from the unedited model, `batch` cases computed together."""
+    records = {}
+    for first in range(0, len(todo), batch):
+        chunk = todo[first : first + batch]
+        start = time.perf_counter()
+        pres = run.pre(chunk)
+        scored = (time.perf_counter() - start) / len(chunk)
+        start = time.perf_counter()
+        models = run.method.edit_each(run.lm, chunk, run.ctx)
+        shared = (time.perf_counter() - start) / len(chunk)
+        factored = []  # rank-one edits: scored together after the loop, as rows of shared forwards
+        for case, pre in zip(chunk, pres, strict=True):
+            start = time.perf_counter()
+            edited = next(models)
+            edit_seconds = shared + time.perf_counter() - start
+            if isinstance(edited, RankOne):
+                factored.append((case, pre, edited, edit_seconds))
+                continue
+            start = time.perf_counter()
+            post = pre if edited is run.lm else run.score(edited, [case])[0]
+            records[case.case_id] = run.finish(case, pre, post, edit_seconds, scored + time.perf_counter() - start)
+            bar.update()
+        if factored:
+            start = time.perf_counter()
+            posts = run.score(run.lm, [c for c, *_ in factored], [e for _, _, e, _ in factored])
+            each = (time.perf_counter() - start) / len(factored)
+            for (case, pre, _, edit_seconds), post in zip(factored, posts, strict=True):
+                records[case.case_id] = run.finish(case, pre, post, edit_seconds, scored + each)
+                bar.update()
+    return records
+
+
+def run_chunks(
+    run: Run, cases: Sequence[EditCase], done: dict, num_edits: int, windows: np.ndarray | None, bar: Any
+) -> dict[int, dict]:
+    """MEMIT's batch protocol (its `evaluate.py --num_edits N`): the cases in chunks of N, in order, each chunk
+    edited at once from the unedited model, and each of its cases scored on the model the whole chunk edited. A
+    chunk with unfinished cases is edited again on resume; only those are scored. Each edited model's perplexity
+    on the held-out windows and kernel norms go to out/chunks.jsonl."""
+    records = {}
+    for first in range(0, len(cases), num_edits):
+        chunk = cases[first : first + num_edits]
+        missing = [c for c in chunk if c.case_id not in done]
+        if not missing:
+            continue
+        start = time.perf_counter()
+        pres = run.pre(missing)
+        scored = (time.perf_counter() - start) / len(missing)
+        start = time.perf_counter()
+        state, _ = run.ctx.step(run.ctx.start(run.lm), [c.request for c in chunk])
+        edit_seconds = (time.perf_counter() - start) / len(chunk)
+        start = time.perf_counter()
+        posts = run.score(state.lm, missing)
+        each = scored + (time.perf_counter() - start) / len(missing)
+        chunk_ids = [c.case_id for c in chunk]
+        if run.folder is not None:
+            append_jsonl(run.folder / "chunks.jsonl", {"cases": chunk_ids} | health(state.lm, windows))
+        for case, pre, post in zip(missing, pres, posts, strict=True):
+            records[case.case_id] = run.finish(case, pre, post, edit_seconds, each, chunk=chunk_ids)
+            bar.update()
+    return records
+
+
+def check_counts(n: int | None, batch: int, max_out_len: int, num_edits: int, curve_every: int) -> None:
+    """The counts of a run, each checked with one line saying what is accepted."""
+    for name, value in {"n": n, "batch": batch, "num_edits": num_edits, "curve_every": curve_every}.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} is not a count; accepted: {name} >= 1" + (", or None for all" if name == "n" else ""))  # fmt: skip
+    if max_out_len < 0:
+        raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
+
+
+def check_protocol(folder: Path, protocol: dict[str, Any]) -> None:
+    """A run folder is resumed only with the protocol it was started with (num_edits, sequential; absent: 1, no)."""
+    saved = json.loads((folder / "settings.json").read_text())
+    then = {"num_edits": saved.get("num_edits", 1), "sequential": saved.get("sequential", False)}
+    now = {"num_edits": protocol.get("num_edits", 1), "sequential": protocol.get("sequential", False)}
+    if then != now:
+        raise ValueError(f"{folder} holds a run with {then}, not {now}; resume it with its own, or use a new folder")
+
+
 def run_eval(
     lm: LM,
     method: str,
@@ -170,6 +297,10 @@ def run_eval(
     seed: int = 0,
     pre_from: str | os.PathLike | None = None,
     batch: int = 8,
+    num_edits: int = 1,
+    sequential: bool = False,
+    curve_every: int = 1,
+    ppl_tokens: int = 4_096,
     download: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -181,16 +312,22 @@ def run_eval(
     batch: cases edited together (ROME, r-ROME and MEMIT search their v* as one program: faster, the same numbers
     to float32 rounding); each case is still edited from the unedited model. A case's edit seconds are its share
     of the batch's common work plus its own.
+    num_edits: N > 1 is MEMIT's batch protocol: chunks of N cases, each edited at once from the unedited model, each
+    case scored on its chunk's model (rome, r-rome, memit, alphaedit). With `sequential`, the chunks are applied one
+    after another to the same model (`lifelong.run_sequential`): every case is scored after the last chunk, and
+    the cases so far, perplexity on held-out WikiText-2 (ppl_tokens; 0: none) and the edited kernels' norms every
+    `curve_every` chunks (out/curve.jsonl); without it, each chunk's model's perplexity and norms (out/chunks.jsonl).
     download: fetch a published dataset, RS file or key statistics file that is neither in $JROME_DATA_DIR nor
     cached (jrome.data).
     """
+    from .lifelong import curve_summary, run_sequential
+
     editor = get_method(method)
-    if n is not None and n < 1:
-        raise ValueError(f"n={n} is not a number of cases; accepted: n >= 1, or None for all")
-    if batch < 1:
-        raise ValueError(f"batch={batch} is not a number of cases; accepted: batch >= 1")
-    if max_out_len < 0:
-        raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
+    check_counts(n, batch, max_out_len, num_edits, curve_every)
+    protocol = ({"num_edits": num_edits} if num_edits > 1 else {}) | ({"sequential": True} if sequential else {})
+    if protocol and not editor.streams:
+        raise ValueError(f"method {method!r} edits one case at a time; num_edits > 1 and sequential take "
+                         f"{', '.join(m for m, e in METHODS.items() if e.streams)}")  # fmt: skip
     cases = load_dataset(dataset, download=download)
     notes = []
     if n is not None and n > len(cases):
@@ -203,63 +340,36 @@ def run_eval(
     settings = {"dataset": str(dataset), "max_out_len": max_out_len, "seed": seed}
     reused = {} if pre_from is None else pre_scores(pre_from, lm, settings)
     if folder is not None:  # what decides a case's numbers besides the method's context (checked by prepare)
-        check_settings(folder, settings, "cases.jsonl")
+        streaming = ({"ppl_tokens": ppl_tokens} if protocol else {}) | (
+            {"curve_every": curve_every} if sequential else {}
+        )
+        check_settings(folder, settings | protocol | streaming, "cases.jsonl")
+        check_protocol(folder, protocol)
     ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress, download)
     references, generation_notes = _generation_setup(cases, max_out_len, download)
     notes += generation_notes
+    run = Run(lm, editor, ctx, folder, max_out_len, seed, references, reused, progress)
+    windows = heldout_windows(lm, ppl_tokens) if ppl_tokens and protocol else None
     done = read_jsonl(folder / "cases.jsonl", "case_id") if folder is not None else {}
+    records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
     from tqdm.auto import tqdm
 
-    records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
-    todo = [c for c in cases if c.case_id not in done]
-    with tqdm(total=len(cases), initial=len(records), desc=f"{method} on {cases[0].dataset if cases else dataset}", disable=not progress) as bar:  # fmt: skip
-
-        def finish(case: EditCase, pre: dict, post: dict, edit_seconds: float, score_seconds: float) -> None:
-            record = {
-                "case_id": case.case_id, "request": dataclasses.asdict(case.request), "pre": pre, "post": post,
-                "seconds": {"edit": edit_seconds, "score": score_seconds},
-            }  # fmt: skip
-            if folder is not None:
-                append_jsonl(folder / "cases.jsonl", record)
-            records[case.case_id] = record
-            bar.update()
-
-        for first in range(0, len(todo), batch):
-            chunk = todo[first : first + batch]
-            start = time.perf_counter()
-            fresh = [c for c in chunk if c.case_id not in reused]
-            new = iter(score_cases(lm, fresh, max_out_len, seed, references) if fresh else [])
-            pres = [reused[c.case_id] if c.case_id in reused else next(new) for c in chunk]
-            scored = (time.perf_counter() - start) / len(chunk)
-            start = time.perf_counter()
-            models = editor.edit_each(lm, chunk, ctx)
-            shared = (time.perf_counter() - start) / len(chunk)
-            factored = []  # rank-one edits: scored together after the loop, as rows of shared forwards
-            for case, pre in zip(chunk, pres, strict=True):
-                start = time.perf_counter()
-                edited = next(models)
-                edit_seconds = shared + time.perf_counter() - start
-                if isinstance(edited, RankOne):
-                    factored.append((case, pre, edited, edit_seconds))
-                    continue
-                start = time.perf_counter()
-                post = pre if edited is lm else score_cases(edited, [case], max_out_len, seed, references)[0]
-                finish(case, pre, post, edit_seconds, scored + time.perf_counter() - start)
-            if factored:
-                start = time.perf_counter()
-                edits = [e for _, _, e, _ in factored]
-                posts = score_cases(lm, [c for c, *_ in factored], max_out_len, seed, references, edits)
-                each = (time.perf_counter() - start) / len(factored)
-                for (case, pre, _, edit_seconds), post in zip(factored, posts, strict=True):
-                    finish(case, pre, post, edit_seconds, scored + each)
+    title = f"{method} on {cases[0].dataset if cases else dataset}"
+    with tqdm(total=len(cases), initial=len(records), desc=title, disable=not progress or sequential) as bar:
+        if sequential:
+            records |= run_sequential(run, cases, done, num_edits, curve_every, windows)
+        elif num_edits > 1:
+            records |= run_chunks(run, cases, done, num_edits, windows, bar)
+        else:
+            records |= run_each(run, [c for c in cases if c.case_id not in done], batch, bar)
     records = [records[c.case_id] for c in cases]
     if reused:
         notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
     kind = cases[0].dataset if cases else "counterfact"
     summary = Summary(summarise(records, kind) | {
-        "method": method, "dataset": str(dataset), "model": lm.name,
+        "method": method, "dataset": str(dataset), "model": lm.name, "protocol": protocol,
         "hparams": None if ctx is None else json.loads(json.dumps(ctx.hparams.to_dict())), "notes": notes,
-    })  # fmt: skip
+    } | (curve_summary(folder) if sequential and folder is not None else {}))  # fmt: skip
     if folder is not None:
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(folder / "summary.md", markdown_table(summary, f"{method} on {dataset} ({lm.name})"))
