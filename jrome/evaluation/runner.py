@@ -271,7 +271,8 @@ def check_counts(n: int | None, batch: int, max_out_len: int, num_edits: int, cu
     """The counts of a run, each checked with one line saying what is accepted."""
     for name, value in {"n": n, "batch": batch, "num_edits": num_edits, "curve_every": curve_every}.items():
         if value is not None and value < 1:
-            raise ValueError(f"{name}={value} is not a count; accepted: {name} >= 1" + (", or None for all" if name == "n" else ""))  # fmt: skip
+            what = "chunks" if name == "curve_every" else "cases"
+            raise ValueError(f"{name}={value} is not a number of {what}; accepted: {name} >= 1" + (", or None for all" if name == "n" else ""))  # fmt: skip
     if max_out_len < 0:
         raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
 
