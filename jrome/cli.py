@@ -387,7 +387,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lm = _load_model(args)
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
-        seed=args.seed, pre_from=args.pre_from, batch=args.batch, num_edits=args.num_edits,
+        seed=args.seed, pre_from=args.pre_from, targets_from=args.targets_from, batch=args.batch, num_edits=args.num_edits,
         sequential=args.sequential, curve_every=args.curve_every, ppl_tokens=args.ppl_tokens, download=True,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
@@ -575,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--curve-every", type=count(), default=1,
         help="with --sequential: score the cases so far, perplexity and kernel norms every K chunks (>= 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--targets-from",
+        help="with --num-edits > 1: read MEMIT/AlphaEdit residual targets from an earlier such run's --out (same settings)",
+    )
     p.add_argument(
         "--ppl-tokens", type=count(0), default=4096,
         help="held-out WikiText-2 test tokens for perplexity with --num-edits > 1 or --sequential (>= 0; 0: none)",

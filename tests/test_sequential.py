@@ -3,6 +3,8 @@ compiled program per batch shape, exact resumption from a saved state; and Alpha
 
 from __future__ import annotations
 
+import json
+
 import chex
 import jax
 import numpy as np
@@ -130,3 +132,71 @@ def test_memit_edits_two_prompts_of_one_subject_as_two_keys(tiny_lm, stats):
     _, undo = editor.step(editor.start(lm), same)
     keys = undo.edits[0].keys
     assert keys.shape == (2, 64) and not np.allclose(keys[0], keys[1])
+
+
+SUBJECTS = [("the eiffel tower", "rome", "paris"), ("the space needle", "paris", "seattle"),
+            ("the old bridge", "seattle", "rome"), ("the big river", "france", "italy")]  # fmt: skip
+RECORDS = [
+    {"case_id": i, "prompt": f"{s} is located in", "subject": s, "target_new": new, "ground_truth": true,
+     "rephrase_prompt": f"the famous {s} is in", "locality_prompt": "the louvre is located in",
+     "locality_ground_truth": "paris"}
+    for i, (s, new, true) in enumerate(SUBJECTS)
+]  # fmt: skip
+MEMIT_SMALL = {"layers": [0, 1], "mom2_n_tokens": 2_000, "mom2_update_weight": 10.0, **V}
+
+
+def test_memits_batch_protocol_and_a_sequential_run_with_its_curve_and_resume(tiny_lm, tmp_path, monkeypatch):
+    """num_edits=2: each chunk's cases scored on the model that chunk edited, from the unedited one; sequential: every
+    case on the model both chunks edited one after the other, a checkpoint after each, and an exact resume."""
+    from jrome.evaluation import load_dataset, methods, run_eval
+    from jrome.evaluation.runner import score_cases
+
+    lm = tiny_lm("llama")
+    (tmp_path / "cf.json").write_text(json.dumps(RECORDS))
+    cases = load_dataset(tmp_path / "cf.json")
+    common = {"hparams": MEMIT_SMALL, "max_out_len": 0, "ppl_tokens": 256, "progress": False}
+    run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "chunks", num_edits=2, **common)
+    editor = methods.METHODS["memit"].prepare(lm, tmp_path / "chunks", MEMIT_SMALL, 0, progress=False)
+
+    def read(name: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+
+    records = read("chunks/cases.jsonl")
+    for first in (0, 2):
+        alone = editor.step(editor.start(lm), [c.request for c in cases[first : first + 2]])[0].lm
+        assert [r["post"] for r in records[first : first + 2]] == score_cases(
+            alone, cases[first : first + 2], 0, 0, None
+        )
+        assert records[first]["chunk"] == [first, first + 1]
+    assert len(read("chunks/chunks.jsonl")) == 2 and sorted(p.name for p in (tmp_path / "chunks/targets").iterdir()) == ["0.npz", "2.npz"]  # fmt: skip
+
+    summary = run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "seq", num_edits=2, sequential=True, **common)
+    both = editor.step(editor.step(editor.start(lm), [c.request for c in cases[:2]])[0], [c.request for c in cases[2:]])[0].lm  # fmt: skip
+    assert [r["post"] for r in read("seq/cases.jsonl")] == score_cases(both, cases, 0, 0, None)
+    assert [p["edits"] for p in summary["curve"]] == [0, 2, 4] and summary["protocol"] == {"num_edits": 2, "sequential": True}  # fmt: skip
+    assert summary["curve"][0]["perplexity"] > 1 and len(summary["curve"][2]["kernel_norms"]) == lm.config.n_layers
+    assert "| 4 |" in (tmp_path / "seq/summary.md").read_text()
+
+    curve = (tmp_path / "seq/curve.jsonl").read_text().splitlines()  # interrupted before the last checkpoint
+    (tmp_path / "seq/curve.jsonl").write_text("\n".join(curve[:2]) + "\n")
+    (tmp_path / "seq/cases.jsonl").unlink()
+    monkeypatch.setattr(type(editor), "step", lambda *a, **k: pytest.fail("a finished chunk was edited again"))
+    again = run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "seq", num_edits=2, sequential=True, **common)
+    assert again["curve"][2] == summary["curve"][2] | {"seconds_score": again["curve"][2]["seconds_score"]}
+    with pytest.raises(ValueError, match="holds a run with .*'num_edits': 2, 'sequential': True.*, not .*'num_edits': 2, 'sequential': False"):  # fmt: skip
+        run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "seq", num_edits=2, **common)
+
+
+def test_protocol_bad_input(tiny_lm, tmp_path):
+    from jrome.evaluation import run_eval
+
+    (tmp_path / "cf.json").write_text(json.dumps(RECORDS))
+    lm = tiny_lm("llama")
+    with pytest.raises(ValueError, match="method 'ft' edits one case at a time; num_edits > 1 and sequential take rome, r-rome, memit, alphaedit"):  # fmt: skip
+        run_eval(lm, "ft", tmp_path / "cf.json", num_edits=2, progress=False)
+    with pytest.raises(ValueError, match="num_edits=0 is not a number of cases; accepted: num_edits >= 1"):
+        run_eval(lm, "memit", tmp_path / "cf.json", num_edits=0, progress=False)
+    with pytest.raises(ValueError, match="curve_every=0 is not a number of chunks"):
+        run_eval(lm, "memit", tmp_path / "cf.json", sequential=True, curve_every=0, progress=False)
+    with pytest.raises(ValueError, match="targets_from reads the targets of cases edited from the unedited model"):
+        run_eval(lm, "memit", tmp_path / "cf.json", sequential=True, num_edits=2, targets_from=tmp_path, progress=False)

@@ -73,18 +73,20 @@ def edit(
     *,
     projections: np.ndarray | None = None,
     cache: np.ndarray | None = None,
+    z: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[LM, Undo, np.ndarray]:
     """Apply AlphaEdit to all requests together: (edited LM, Undo, the cache with this batch's keys added).
 
     projections: [layers, F, F] from `null_spaces(stats, hp)` (default: made from stats, which are then computed
-    if not given); cache: the previous call's (default: no earlier batch). `lm` itself is not changed.
+    if not given); cache: the previous call's (default: no earlier batch); z: known targets, as for `memit.edit`.
+    `lm` itself is not changed.
     """
     reqs, target_ids, hp, groups = memit.prepared(lm, requests, hparams, "AlphaEdit", seed, progress)
     if projections is None:
         projections = null_spaces(memit.layer_stats(lm, hp, stats, progress), hp)
     cache = empty_cache(projections) if cache is None else cache
-    z, losses = memit.targets(lm, reqs, target_ids, hp, groups, progress)
+    z, losses = memit.known_or_searched(lm, reqs, target_ids, hp, groups, z, progress)
     new, undo = memit.spread(lm, reqs, z, hp, alpha_solve(hp, projections, cache), groups, losses)
     return new, undo, cache + np.stack([u.keys.T @ u.keys for u in undo.edits])

@@ -181,6 +181,7 @@ def edit(
     hparams: MemitHparams | dict | None = None,
     stats: dict[int, KeyStats] | None = None,
     *,
+    z: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[LM, Undo]:
@@ -188,9 +189,23 @@ def edit(
 
     stats: {layer: KeyStats} for every edited layer (default: the published ones if here, else computed in one pass
     and cached on disk).
+    z: the requests' residual targets [N, D] when already known (an earlier search on this model with these settings,
+    as the original's --use_cache reads them); default: searched.
     progress: say what the slow steps do (statistics, templates, each fact's v* search) on stderr.
     """
     reqs, target_ids, hp, groups = prepared(lm, requests, hparams, "MEMIT", seed, progress)
     stats = layer_stats(lm, hp, stats, progress)
-    z, losses = targets(lm, reqs, target_ids, hp, groups, progress)
+    z, losses = known_or_searched(lm, reqs, target_ids, hp, groups, z, progress)
     return spread(lm, reqs, z, hp, memit_solve(hp, stats), groups, losses)
+
+
+def known_or_searched(
+    lm: LM, reqs: Sequence[Request], target_ids: Any, hp: MemitHparams, groups: Any, z: Any, progress: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(z, losses): the given targets (checked: one per request; no losses), else `targets` searches them."""
+    if z is None:
+        return targets(lm, reqs, target_ids, hp, groups, progress)
+    z = np.asarray(z, np.float64)
+    if z.shape != (len(reqs), lm.config.d_model):
+        raise ValueError(f"targets have shape {z.shape}; these requests need {(len(reqs), lm.config.d_model)}")
+    return z, None

@@ -52,8 +52,9 @@ class Editor(Protocol):
         """The state before the first batch."""
         ...
 
-    def step(self, state: EditorState, requests: Batch) -> tuple[EditorState, Undo]:
-        """The state after one more batch, and the Undo that puts state.lm's weights back."""
+    def step(self, state: EditorState, requests: Batch, z: np.ndarray | None = None) -> tuple[EditorState, Undo]:
+        """The state after one more batch, and the Undo that puts state.lm's weights back. z: the batch's known
+        residual targets (MEMIT and AlphaEdit; see memit.edit)."""
         ...
 
 
@@ -67,7 +68,9 @@ class RomeEditor:
     def start(self, lm: LM) -> EditorState:
         return EditorState(lm)
 
-    def step(self, state: EditorState, requests: Batch) -> tuple[EditorState, Undo]:
+    def step(self, state: EditorState, requests: Batch, z: None = None) -> tuple[EditorState, Undo]:
+        if z is not None:
+            raise ValueError("ROME has no residual targets to reuse: each request's v* depends on the ones before")
         lm, undo = rome.edit(state.lm, requests, self.hparams, self.stats, progress=False)
         return EditorState(lm, None, state.edits + len(undo.edits)), undo
 
@@ -82,8 +85,8 @@ class MemitEditor:
     def start(self, lm: LM) -> EditorState:
         return EditorState(lm)
 
-    def step(self, state: EditorState, requests: Batch) -> tuple[EditorState, Undo]:
-        lm, undo = memit.edit(state.lm, requests, self.hparams, self.stats, progress=False)
+    def step(self, state: EditorState, requests: Batch, z: np.ndarray | None = None) -> tuple[EditorState, Undo]:
+        lm, undo = memit.edit(state.lm, requests, self.hparams, self.stats, z=z, progress=False)
         return EditorState(lm, None, state.edits + len(undo.edits[0].requests)), undo
 
     def solve(self, carry: None) -> memit.Solve:
@@ -102,9 +105,9 @@ class AlphaEditor:
     def start(self, lm: LM) -> EditorState:
         return EditorState(lm, alphaedit.empty_cache(self.projections))
 
-    def step(self, state: EditorState, requests: Batch) -> tuple[EditorState, Undo]:
+    def step(self, state: EditorState, requests: Batch, z: np.ndarray | None = None) -> tuple[EditorState, Undo]:
         lm, undo, cache = alphaedit.edit(
-            state.lm, requests, self.hparams, projections=self.projections, cache=state.carry, progress=False
+            state.lm, requests, self.hparams, projections=self.projections, cache=state.carry, z=z, progress=False
         )
         return EditorState(lm, cache, state.edits + len(undo.edits[0].requests)), undo
 

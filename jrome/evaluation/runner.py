@@ -8,6 +8,7 @@ context (hyperparameters, context templates) is read from the run's context.json
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..editing.undo import RankOne
-from ..files import append_jsonl, atomic_write_text, check_settings, read_jsonl, setting_diffs
+from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, check_settings, read_jsonl, setting_diffs
 from ..models.lm import LM
 from ..views import Summary
 from .consistency import References, load_references
@@ -183,6 +184,7 @@ class Run:
     references: References | None
     reused: dict[int, dict]
     progress: bool
+    targets: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # known residual targets z by case id
 
     def score(self, lm: LM, cases: Sequence[EditCase], edits: Sequence[RankOne | None] | None = None) -> list[dict]:
         return score_cases(lm, cases, self.max_out_len, self.seed, self.references, edits)
@@ -246,25 +248,58 @@ def run_chunks(
     records = {}
     for first in range(0, len(cases), num_edits):
         chunk = cases[first : first + num_edits]
-        missing = [c for c in chunk if c.case_id not in done]
+        missing, chunk_ids = [c for c in chunk if c.case_id not in done], [c.case_id for c in chunk]
         if not missing:
             continue
         start = time.perf_counter()
         pres = run.pre(missing)
         scored = (time.perf_counter() - start) / len(missing)
         start = time.perf_counter()
-        state, _ = run.ctx.step(run.ctx.start(run.lm), [c.request for c in chunk])
+        known = np.stack([run.targets[c.case_id] for c in chunk]) if all(c.case_id in run.targets for c in chunk) else None  # fmt: skip
+        state, undo = run.ctx.step(run.ctx.start(run.lm), [c.request for c in chunk], z=known)
         edit_seconds = (time.perf_counter() - start) / len(chunk)
+        if run.folder is not None and hasattr(undo.edits[0], "targets"):  # MEMIT, AlphaEdit: for --targets-from
+            save_targets(run.folder / "targets" / f"{chunk[0].case_id}.npz", chunk_ids, undo.edits[0].targets)
         start = time.perf_counter()
         posts = run.score(state.lm, missing)
         each = scored + (time.perf_counter() - start) / len(missing)
-        chunk_ids = [c.case_id for c in chunk]
         if run.folder is not None:
             append_jsonl(run.folder / "chunks.jsonl", {"cases": chunk_ids} | health(state.lm, windows))
         for case, pre, post in zip(missing, pres, posts, strict=True):
             records[case.case_id] = run.finish(case, pre, post, edit_seconds, each, chunk=chunk_ids)
             bar.update()
     return records
+
+
+Z_SETTINGS = ("fact_token", "v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay", "clamp_norm_factor",
+              "kl_factor", "context_templates")  # fmt: skip
+
+
+def save_targets(path: Path, case_ids: list[int], z: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, case_ids=np.asarray(case_ids), z=z)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def known_targets(folder: str | os.PathLike, lm: LM, hp: Any) -> dict[int, np.ndarray]:
+    """The residual targets z an earlier MEMIT or AlphaEdit run with num_edits > 1 searched on this unedited model
+    (its out/targets), by case id, after checking that it searched them with this run's v* settings, templates and
+    last layer (the original's --use_cache reads such z without that check)."""
+    folder = Path(folder)
+    if not (folder / CONTEXT_FILE).is_file() or not (folder / "targets").is_dir():
+        raise ValueError(f"targets_from {folder} is not a MEMIT or AlphaEdit run with num_edits > 1 (no targets/)")
+    saved = json.loads((folder / CONTEXT_FILE).read_text())
+    theirs, ours = saved["hparams"] or {}, json.loads(json.dumps(hp.to_dict()))
+    diffs = [k for k in Z_SETTINGS if theirs.get(k) != ours.get(k)]
+    diffs += ["model"] if saved["model"] != lm.name else []
+    diffs += ["the last layer"] if (theirs.get("layers") or [None])[-1] != hp.layers[-1] else []
+    if diffs:
+        raise ValueError(f"targets_from {folder} searched its targets with another {', '.join(diffs)}; give a run of these settings")  # fmt: skip
+    out = {}
+    for path in sorted((folder / "targets").glob("*.npz")):
+        with np.load(path) as z:
+            out |= dict(zip(z["case_ids"].tolist(), z["z"], strict=True))
+    return out
 
 
 def check_counts(n: int | None, batch: int, max_out_len: int, num_edits: int, curve_every: int) -> None:
@@ -297,6 +332,7 @@ def run_eval(
     max_out_len: int = MAX_OUT_LEN,
     seed: int = 0,
     pre_from: str | os.PathLike | None = None,
+    targets_from: str | os.PathLike | None = None,
     batch: int = 8,
     num_edits: int = 1,
     sequential: bool = False,
@@ -320,12 +356,16 @@ def run_eval(
     `curve_every` chunks (out/curve.jsonl); without it, each chunk's model's perplexity and norms (out/chunks.jsonl).
     download: fetch a published dataset, RS file or key statistics file that is neither in $JROME_DATA_DIR nor
     cached (jrome.data).
+    targets_from: with num_edits > 1, the folder of an earlier MEMIT or AlphaEdit run of the batch protocol on the same
+    model and v* settings, whose residual targets (searched on the unedited model) are read instead of searched.
     """
     from .lifelong import curve_summary, run_sequential
 
     editor = get_method(method)
     check_counts(n, batch, max_out_len, num_edits, curve_every)
     protocol = ({"num_edits": num_edits} if num_edits > 1 else {}) | ({"sequential": True} if sequential else {})
+    if targets_from is not None and (num_edits == 1 or sequential):
+        raise ValueError("targets_from reads the targets of cases edited from the unedited model: it needs num_edits > 1 and no sequential")  # fmt: skip
     if protocol and not editor.streams:
         raise ValueError(f"method {method!r} edits one case at a time; num_edits > 1 and sequential take "
                          f"{', '.join(m for m, e in METHODS.items() if e.streams)}")  # fmt: skip
@@ -350,6 +390,11 @@ def run_eval(
     references, generation_notes = _generation_setup(cases, max_out_len, download)
     notes += generation_notes
     run = Run(lm, editor, ctx, folder, max_out_len, seed, references, reused, progress)
+    if targets_from is not None:
+        run.targets = known_targets(targets_from, lm, ctx.hparams)
+        notes.append(
+            f"residual targets of {sum(c.case_id in run.targets for c in cases)} cases read from {targets_from}"
+        )
     windows = heldout_windows(lm, ppl_tokens) if ppl_tokens and protocol else None
     done = read_jsonl(folder / "cases.jsonl", "case_id") if folder is not None else {}
     records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
