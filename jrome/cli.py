@@ -378,11 +378,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import markdown_table, run_eval
     from .evaluation.datasets import resolve_dataset
     from .evaluation.methods import get_method
+    from .evaluation.runner import check_protocol_args
 
     overrides = dict(args.hparam) | {
         k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
     }
     get_method(args.method).check_overrides(overrides)  # bad names stop before the model is loaded
+    check_protocol_args(args.method, args.num_edits, args.sequential, args.targets_from is not None)
     resolve_dataset(args.dataset, download=True)  # a missing published copy is fetched before the model loads
     lm = _load_model(args)
     summary = run_eval(

@@ -86,7 +86,7 @@ def test_a_saved_state_resumes_the_stream_exactly(tiny_lm, stats, tmp_path):
     lm = tiny_lm("llama")
     editor = editors(stats)["alphaedit"]
     first, _ = editor.step(editor.start(lm), batch(FIRST))
-    save_state(tmp_path / "state.npz", first)
+    save_state(tmp_path / "state.npz", first, editor.start(lm))
     loaded = load_state(tmp_path / "state.npz", editor.start(lm))
     chex.assert_trees_all_equal(loaded.lm.params, first.lm.params)
     np.testing.assert_array_equal(loaded.carry, first.carry)

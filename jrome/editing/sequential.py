@@ -130,10 +130,12 @@ def fold(editor: Editor, state: EditorState, batches: Iterable[Batch]) -> Editor
     return state
 
 
-def save_state(path: str | os.PathLike, state: EditorState) -> None:
-    """Write a state's edited kernels, carry and count to one .npz, atomically (an interruption leaves the old one).
-    Only the MLP output kernels are written: they are all that ROME, MEMIT and AlphaEdit change."""
-    arrays = {"kernel": np.asarray(down_kernel(state.lm.params)), "edits": np.asarray(state.edits)}
+def save_state(path: str | os.PathLike, state: EditorState, start: EditorState) -> None:
+    """Write a state's edited kernels (the layers whose MLP output kernel differs from `start`'s: all that ROME, MEMIT
+    and AlphaEdit change), carry and count to one .npz, atomically (an interruption leaves the old one)."""
+    kernel, before = np.asarray(down_kernel(state.lm.params)), np.asarray(down_kernel(start.lm.params))
+    layers = [i for i in range(len(kernel)) if not np.array_equal(kernel[i], before[i])]
+    arrays = {"layers": np.asarray(layers, np.int64), "kernels": kernel[layers], "edits": np.asarray(state.edits)}
     if state.carry is not None:
         arrays["carry"] = state.carry
     buf = io.BytesIO()
@@ -142,10 +144,12 @@ def save_state(path: str | os.PathLike, state: EditorState) -> None:
 
 
 def load_state(path: str | os.PathLike, start: EditorState) -> EditorState:
-    """The state saved at `path`, rebuilt on `start` (the stream's first state: the unedited model)."""
+    """The state saved at `path` from a stream that began at `start` (the unedited model)."""
     with np.load(path) as z:
-        kernel, carry, edits = z["kernel"], z["carry"] if "carry" in z.files else None, int(z["edits"])
-    if kernel.shape != down_kernel(start.lm.params).shape or (carry is None) != (start.carry is None):
+        layers, kernels, edits = z["layers"], z["kernels"], int(z["edits"])
+        carry = z["carry"] if "carry" in z.files else None
+    kernel = down_kernel(start.lm.params)
+    if kernels.shape[1:] != kernel.shape[1:] or (carry is None) != (start.carry is None):
         raise ValueError(f"{path} holds the state of another model or method; give another folder")
-    lm = start.lm.replace(params=with_down_kernel(start.lm.params, jnp.asarray(kernel)))
+    lm = start.lm.replace(params=with_down_kernel(start.lm.params, kernel.at[layers].set(jnp.asarray(kernels))))
     return EditorState(lm, carry, edits)

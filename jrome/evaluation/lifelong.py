@@ -44,12 +44,12 @@ def run_sequential(
     """Apply the cases in chunks of num_edits, each on the model the chunks before produced; checkpoint every
     curve_every chunks and after the last; score every case on the final model. Returns the new case records."""
     folder, editor = run.folder, run.ctx
-    state = editor.start(run.lm)
+    state = start = editor.start(run.lm)
     if folder is not None and (folder / "state.npz").is_file():
-        state = load_state(folder / "state.npz", state)
+        state = load_state(folder / "state.npz", start)
     if state.edits > len(cases) or (state.edits % num_edits and state.edits != len(cases)):
         raise ValueError(f"{folder}/state.npz has {state.edits} edits: not a whole number of chunks of these cases")
-    log = _Log(folder)
+    log = _Log(folder, start)
     pres = run.pre(cases)
     if 0 not in log.curve:
         log.add_point({"edits": 0, "metrics": {}} | health(run.lm, windows) | {"seconds_edit": 0.0})
@@ -94,8 +94,8 @@ def _finish(run, state, cases, done, pres, posts, seconds: float, scored: float,
 class _Log:
     """The run folder's chunk and curve logs (in memory only when there is no folder)."""
 
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path | None, start: EditorState) -> None:
+        self.folder, self.start = folder, start
         self.curve = read_jsonl(folder / "curve.jsonl", "edits") if folder is not None else {}
         self.chunks = read_jsonl(folder / "chunks.jsonl", "edits") if folder is not None else {}
 
@@ -106,7 +106,7 @@ class _Log:
         """Record a finished chunk: its state first (so a resumed run never repeats it), then its time."""
         record = {"edits": state.edits, "seconds": seconds}
         if self.folder is not None:
-            save_state(self.folder / "state.npz", state)
+            save_state(self.folder / "state.npz", state, self.start)
             append_jsonl(self.folder / "chunks.jsonl", record)
         self.chunks[state.edits] = record
 

@@ -312,6 +312,18 @@ def check_counts(n: int | None, batch: int, max_out_len: int, num_edits: int, cu
         raise ValueError(f"max_out_len must be 0 (no generation metrics) or a number of tokens, got {max_out_len}")
 
 
+def check_protocol_args(method: str, num_edits: int, sequential: bool, targets: bool) -> dict[str, Any]:
+    """The run's protocol as settings ({} for the paper's one case at a time), checked against the method before any
+    work: num_edits > 1 and sequential need a method that edits many cases at once; reused targets, the batch one."""
+    protocol = ({"num_edits": num_edits} if num_edits > 1 else {}) | ({"sequential": True} if sequential else {})
+    if targets and (num_edits == 1 or sequential):
+        raise ValueError("targets_from reads the targets of cases edited from the unedited model: it needs num_edits > 1 and no sequential")  # fmt: skip
+    if protocol and not get_method(method).streams:
+        raise ValueError(f"method {method!r} edits one case at a time; num_edits > 1 and sequential take "
+                         f"{', '.join(m for m, e in METHODS.items() if e.streams)}")  # fmt: skip
+    return protocol
+
+
 def check_protocol(folder: Path, protocol: dict[str, Any]) -> None:
     """A run folder is resumed only with the protocol it was started with (num_edits, sequential; absent: 1, no)."""
     saved = json.loads((folder / "settings.json").read_text())
@@ -363,12 +375,7 @@ def run_eval(
 
     editor = get_method(method)
     check_counts(n, batch, max_out_len, num_edits, curve_every)
-    protocol = ({"num_edits": num_edits} if num_edits > 1 else {}) | ({"sequential": True} if sequential else {})
-    if targets_from is not None and (num_edits == 1 or sequential):
-        raise ValueError("targets_from reads the targets of cases edited from the unedited model: it needs num_edits > 1 and no sequential")  # fmt: skip
-    if protocol and not editor.streams:
-        raise ValueError(f"method {method!r} edits one case at a time; num_edits > 1 and sequential take "
-                         f"{', '.join(m for m, e in METHODS.items() if e.streams)}")  # fmt: skip
+    protocol = check_protocol_args(method, num_edits, sequential, targets_from is not None)
     cases = load_dataset(dataset, download=download)
     notes = []
     if n is not None and n > len(cases):
