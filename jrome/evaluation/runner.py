@@ -191,7 +191,8 @@ class Run:
 
     def pre(self, cases: Sequence[EditCase]) -> list[dict]:
         """The unedited model's scores of the cases: read from pre_from where it has them, else computed together."""
-        fresh = iter(self.score(self.lm, [c for c in cases if c.case_id not in self.reused]) if cases else [])
+        todo = [c for c in cases if c.case_id not in self.reused]
+        fresh = iter(self.score(self.lm, todo) if todo else [])
         return [self.reused[c.case_id] if c.case_id in self.reused else next(fresh) for c in cases]
 
     def finish(self, case: EditCase, pre: dict, post: dict, edit_seconds: float, score_seconds: float, **extra) -> dict:
@@ -356,74 +357,89 @@ def run_eval(
     """Evaluate `method` on the first n cases of `dataset`; per-case results go to out/cases.jsonl as they finish.
 
     max_out_len: tokens of each generation, prompt included (the original's 100); 0 skips GE and RS.
-    pre_from: the folder of an earlier run on the same model, dataset, max_out_len and seed (any method; `none`
-    is the cheapest) whose pre-edit scores are read instead of computed again, for the cases it has.
-    batch: cases edited together (ROME, r-ROME and MEMIT search their v* as one program: faster, the same numbers
-    to float32 rounding); each case is still edited from the unedited model. A case's edit seconds are its share
-    of the batch's common work plus its own.
-    num_edits: N > 1 is MEMIT's batch protocol: chunks of N cases, each edited at once from the unedited model, each
-    case scored on its chunk's model (rome, r-rome, memit, alphaedit). With `sequential`, the chunks are applied one
-    after another to the same model (`lifelong.run_sequential`): every case is scored after the last chunk, and
-    the cases so far, perplexity on held-out WikiText-2 (ppl_tokens; 0: none) and the edited kernels' norms every
-    `curve_every` chunks (out/curve.jsonl); without it, each chunk's model's perplexity and norms (out/chunks.jsonl).
-    download: fetch a published dataset, RS file or key statistics file that is neither in $JROME_DATA_DIR nor
-    cached (jrome.data).
-    targets_from: with num_edits > 1, the folder of an earlier MEMIT or AlphaEdit run of the batch protocol on the same
-    model and v* settings, whose residual targets (searched on the unedited model) are read instead of searched.
+    pre_from: an earlier run's folder (same model, dataset, max_out_len, seed; any method) whose pre-edit scores are
+    read instead of computed again. targets_from: likewise for MEMIT/AlphaEdit residual targets (num_edits > 1).
+    batch: cases edited together, each still from the unedited model (ROME, r-ROME, MEMIT, AlphaEdit search their v*
+    as one program); a case's edit seconds are its share of the batch's common work plus its own.
+    num_edits > 1: MEMIT's batch protocol, chunks of N cases each edited at once; with `sequential`, the chunks one
+    after another on one model, checkpoints every `curve_every` chunks (perplexity over ppl_tokens held-out tokens;
+    0: none). See docs/evaluation.md.
+    download: fetch a published dataset, RS file or key statistics file not in $JROME_DATA_DIR nor cached.
     """
-    from .lifelong import curve_summary, run_sequential
-
     editor = get_method(method)
     check_counts(n, batch, max_out_len, num_edits, curve_every)
     protocol = check_protocol_args(method, num_edits, sequential, targets_from is not None)
-    cases = load_dataset(dataset, download=download)
-    notes = []
-    if n is not None and n > len(cases):
-        notes.append(f"n={n} is larger than the dataset ({len(cases)} cases); running all {len(cases)}")
-        print(notes[-1])
-    cases = cases[:n]
-    folder = Path(out) if out is not None else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+    cases, notes = _cases(dataset, n, download)
     settings = {"dataset": str(dataset), "max_out_len": max_out_len, "seed": seed}
     reused = {} if pre_from is None else pre_scores(pre_from, lm, settings)
-    if folder is not None:  # what decides a case's numbers besides the method's context (checked by prepare)
-        streaming = ({"ppl_tokens": ppl_tokens} if protocol else {}) | (
-            {"curve_every": curve_every} if sequential else {}
-        )
-        check_settings(folder, settings | protocol | streaming, "cases.jsonl")
-        check_protocol(folder, protocol)
+    streaming = ({"ppl_tokens": ppl_tokens} if protocol else {}) | ({"curve_every": curve_every} if sequential else {})
+    folder = _run_folder(out, settings | protocol | streaming, protocol)
     ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress, download)
     references, generation_notes = _generation_setup(cases, max_out_len, download)
     notes += generation_notes
     run = Run(lm, editor, ctx, folder, max_out_len, seed, references, reused, progress)
     if targets_from is not None:
         run.targets = known_targets(targets_from, lm, ctx.hparams)
-        notes.append(
-            f"residual targets of {sum(c.case_id in run.targets for c in cases)} cases read from {targets_from}"
-        )
+        notes.append(f"residual targets of {sum(c.case_id in run.targets for c in cases)} cases read from {targets_from}")  # fmt: skip
     windows = heldout_windows(lm, ppl_tokens) if ppl_tokens and protocol else None
-    done = read_jsonl(folder / "cases.jsonl", "case_id") if folder is not None else {}
-    records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
+    title = f"{method} on {cases[0].dataset if cases else dataset}"
+    records = _run_protocol(run, cases, title, batch, num_edits, sequential, curve_every, windows)
+    if reused:
+        notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
+    about = {"method": method, "dataset": str(dataset), "model": lm.name, "protocol": protocol, "notes": notes}
+    return _summary(records, cases, ctx, folder, about, sequential)
+
+
+def _summary(records: list[dict], cases: list[EditCase], ctx: Any, folder: Path | None, about: dict, sequential: bool):
+    """The run's Summary (with the curve of a sequential run), written to folder/summary.{json,md}."""
+    from .lifelong import curve_summary
+
+    hparams = None if ctx is None else json.loads(json.dumps(ctx.hparams.to_dict()))
+    summary = Summary(summarise(records, cases[0].dataset if cases else "counterfact") | about | {"hparams": hparams})
+    if sequential and folder is not None:
+        summary |= curve_summary(folder)
+    if folder is not None:
+        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
+        title = f"{about['method']} on {about['dataset']} ({about['model']})"
+        atomic_write_text(folder / "summary.md", markdown_table(summary, title))
+    return summary
+
+
+def _run_protocol(
+    run: Run, cases: list[EditCase], title: str, batch: int, num_edits: int, sequential: bool, curve_every: int, windows
+) -> list[dict]:
+    """Every case's record, in order: those of an earlier start read back, the rest run by the protocol."""
     from tqdm.auto import tqdm
 
-    title = f"{method} on {cases[0].dataset if cases else dataset}"
-    with tqdm(total=len(cases), initial=len(records), desc=title, disable=not progress or sequential) as bar:
+    from .lifelong import run_sequential
+
+    done = read_jsonl(run.folder / "cases.jsonl", "case_id") if run.folder is not None else {}
+    records = {cid: r for cid, r in done.items() if cid in {c.case_id for c in cases}}
+    with tqdm(total=len(cases), initial=len(records), desc=title, disable=not run.progress or sequential) as bar:
         if sequential:
             records |= run_sequential(run, cases, done, num_edits, curve_every, windows)
         elif num_edits > 1:
             records |= run_chunks(run, cases, done, num_edits, windows, bar)
         else:
             records |= run_each(run, [c for c in cases if c.case_id not in done], batch, bar)
-    records = [records[c.case_id] for c in cases]
-    if reused:
-        notes.append(f"pre-edit scores of {sum(c.case_id in reused for c in cases)} cases read from {pre_from}")
-    kind = cases[0].dataset if cases else "counterfact"
-    summary = Summary(summarise(records, kind) | {
-        "method": method, "dataset": str(dataset), "model": lm.name, "protocol": protocol,
-        "hparams": None if ctx is None else json.loads(json.dumps(ctx.hparams.to_dict())), "notes": notes,
-    } | (curve_summary(folder) if sequential and folder is not None else {}))  # fmt: skip
-    if folder is not None:
-        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
-        atomic_write_text(folder / "summary.md", markdown_table(summary, f"{method} on {dataset} ({lm.name})"))
-    return summary
+    return [records[c.case_id] for c in cases]
+
+
+def _cases(dataset: str | os.PathLike, n: int | None, download: bool) -> tuple[list[EditCase], list[str]]:
+    """The first n cases of the dataset, and a note (also printed) when it has fewer."""
+    cases, notes = load_dataset(dataset, download=download), []
+    if n is not None and n > len(cases):
+        notes.append(f"n={n} is larger than the dataset ({len(cases)} cases); running all {len(cases)}")
+        print(notes[-1])
+    return cases[:n], notes
+
+
+def _run_folder(out: str | os.PathLike | None, settings: dict[str, Any], protocol: dict[str, Any]) -> Path | None:
+    """The run's folder, made if new; an existing run there must have these settings and this protocol."""
+    if out is None:
+        return None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    check_settings(folder, settings, "cases.jsonl")  # what decides a case's numbers besides the method's context
+    check_protocol(folder, protocol)
+    return folder
