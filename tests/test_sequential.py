@@ -149,6 +149,7 @@ def test_memits_batch_protocol_and_a_sequential_run_with_its_curve_and_resume(ti
     """num_edits=2: each chunk's cases scored on the model that chunk edited, from the unedited one; sequential: every
     case on the model both chunks edited one after the other, a checkpoint after each, and an exact resume."""
     from jrome.evaluation import load_dataset, methods, run_eval
+    from jrome.evaluation.lifelong import at_once_point, plot_runs
     from jrome.evaluation.runner import score_cases
 
     lm = tiny_lm("llama")
@@ -185,6 +186,10 @@ def test_memits_batch_protocol_and_a_sequential_run_with_its_curve_and_resume(ti
     assert again["curve"][2] == summary["curve"][2] | {"seconds_score": again["curve"][2]["seconds_score"]}
     with pytest.raises(ValueError, match="holds a run with .*'num_edits': 2, 'sequential': True.*, not .*'num_edits': 2, 'sequential': False"):  # fmt: skip
         run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "seq", num_edits=2, **common)
+    point = at_once_point(tmp_path / "chunks")
+    assert point["edits"] == 2 and point["ES"] == np.mean([r["post"]["efficacy_score"] for r in records])
+    plot_runs({"sequential": tmp_path / "seq"}, {"2 at once": tmp_path / "chunks"}, tmp_path / "l.png")
+    assert (tmp_path / "l.png").stat().st_size > 1000
 
 
 def test_protocol_bad_input(tiny_lm, tmp_path):

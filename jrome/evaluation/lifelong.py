@@ -13,6 +13,7 @@ The edits are the method's `Editor` folded over the chunks (`editing.sequential`
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,3 +135,23 @@ def curve_table(curve: list[dict], layers: Sequence[int]) -> str:
         growth = max(point["kernel_norms"][layer] / base[layer] for layer in layers)
         lines.append(f"| {point['edits']} | {' | '.join(cells)} | {ppl} | {growth:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def at_once_point(folder: str | Path) -> dict[str, Any]:
+    """A batch-protocol run (num_edits > 1, not sequential) as one point: its chunk size, the mean over cases of the
+    three success rates after the edit, and the mean perplexity of its chunks' edited models (chunks.jsonl)."""
+    folder = Path(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    chunks = [json.loads(line) for line in (folder / "chunks.jsonl").read_text().splitlines() if line.strip()]
+    point = {c: summary["metrics"][c]["post"]["mean"] for c in SCORE_PARTS["counterfact"]}
+    ppl = [c["perplexity"] for c in chunks if c.get("perplexity") is not None]
+    return point | {"edits": summary["protocol"]["num_edits"], "perplexity": float(np.mean(ppl)) if ppl else None}
+
+
+def plot_runs(sequential: dict[str, str | Path], at_once: dict[str, str | Path], *paths: str | Path, title: str = ""):
+    """docs/lifelong.png: the curves of sequential runs ({label: folder}) and the points of batch-protocol runs."""
+    from ..plots import plot_lifelong
+
+    curves = {label: curve_summary(Path(folder))["curve"] for label, folder in sequential.items()}
+    points = {label: at_once_point(folder) for label, folder in at_once.items()}
+    return plot_lifelong(curves, *paths, at_once=points, title=title)
