@@ -26,12 +26,13 @@ GOLDEN = Path(__file__).parent / "golden"
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    """What the originals computed (golden.json: inputs and settings; the .npz files: outputs)."""
-    record = json.loads((GOLDEN / "golden.json").read_text())
-    for method in ("memit", "alphaedit"):
-        with np.load(GOLDEN / f"{method}_smollm2.npz") as arrays:
-            record[method]["arrays"] = {k: arrays[k] for k in arrays.files}
-    return record
+    """The originals' inputs and settings (golden.json); their outputs are in the .npz files (`outputs`)."""
+    return json.loads((GOLDEN / "golden.json").read_text())
+
+
+def outputs(method: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / f"{method}_smollm2.npz") as arrays:
+        return {k: arrays[k] for k in arrays.files}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def check_nlls(lm, requests: list[dict]) -> np.ndarray:
 
 def test_memit_equals_the_original(smollm2, batch, golden):
     _, new, undo, _ = batch
-    arrays = golden["memit"]["arrays"]
+    arrays = outputs("memit")
     assert relative(undo.edits[0].targets, arrays["z"]) < 1e-4
     for u in undo.edits:  # ΔW = (λC + KKᵀ)⁻¹K · R at each layer
         assert relative(u.left @ u.share, arrays[f"left{u.layer}"] @ arrays[f"right{u.layer}"]) < 1e-4, u.layer
@@ -70,7 +71,7 @@ def test_alphaedit_equals_the_original(smollm2, batch, golden):
     """Two AlphaEdit batches (records 0-9, then 10-13) at layers 3-5: P, each update, the cache of earlier keys, the
     NLLs after each. The first batch's targets z are the MEMIT fixture's (the same search: same layer, model, v*)."""
     _, _, undo, stats = batch
-    arrays, hp = golden["alphaedit"]["arrays"], AlphaEditHparams.from_dict(golden["alphaedit"]["hparams"])
+    arrays, hp = outputs("alphaedit"), AlphaEditHparams.from_dict(golden["alphaedit"]["hparams"])
     hp = hp.override(context_templates=golden["templates"])
     p = alphaedit.null_spaces(stats, hp)
     assert [round(np.trace(x)) for x in p] == list(arrays["p_rank"])
