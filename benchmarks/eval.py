@@ -31,7 +31,7 @@ from jrome.editing import edit, hparams_for, key_statistics, rome  # noqa: E402
 from jrome.editing.rome import context_templates  # noqa: E402
 from jrome.evaluation import load_dataset, run_eval  # noqa: E402
 from jrome.evaluation.metrics import target_ids  # noqa: E402
-from jrome.evaluation.runner import score_cases  # noqa: E402
+from jrome.evaluation.protocols import score_cases  # noqa: E402
 
 
 def plain_log_prob(lm, prompt: str, target: str) -> float:

@@ -25,7 +25,7 @@ from common import machine  # noqa: E402
 
 import jrome  # noqa: E402
 from jrome.editing import key_statistics, load_preset  # noqa: E402
-from jrome.editing.memit import context_groups, spread, targets  # noqa: E402
+from jrome.editing.memit import context_groups, memit_solve, spread, targets  # noqa: E402
 from jrome.editing.requests import parse_requests  # noqa: E402
 from jrome.evaluation.datasets import load_dataset  # noqa: E402
 from jrome.evaluation.metrics import score_targets  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
                     if (z_layer, clamp, span, weight) in done:
                         continue
                     hp_w = hp.override(layers=list(range(z_layer - span + 1, z_layer + 1)), mom2_update_weight=weight)
-                    edited, _ = spread(lm, reqs, z, hp_w, stats, groups)
+                    edited, _ = spread(lm, reqs, z, hp_w, memit_solve(hp_w, stats), groups)
                     row = {"z_layer": z_layer, "clamp": clamp, "span": span, "weight": weight} | scores(edited, cases)
                     row["ns_unedited"] = base["ns"]
                     results.append(row)

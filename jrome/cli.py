@@ -458,17 +458,20 @@ def _check_layer(lm, method: str, overrides: dict) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import load_dataset, markdown_table, run_eval
     from .evaluation.methods import get_method
+    from .evaluation.runner import check_protocol_args
 
     overrides = dict(args.hparam) | {
         k: v for k, v in {"layer": args.layer, "mom2_n_tokens": args.stats_tokens}.items() if v is not None
     }
     get_method(args.method).check_overrides(overrides)  # bad names stop before the model is loaded
+    check_protocol_args(args.method, args.num_edits, args.sequential, args.targets_from is not None)
     load_dataset(args.dataset)  # read (and fetched if missing) before the model loads: a bad file is one line now
     lm = _load_model(args)
     _check_layer(lm, args.method, overrides)
     summary = run_eval(
         lm, args.method, args.dataset, args.n, args.out, hparams=overrides, max_out_len=args.max_out_len,
-        seed=args.seed, pre_from=args.pre_from, batch=args.batch,
+        seed=args.seed, pre_from=args.pre_from, targets_from=args.targets_from, batch=args.batch, num_edits=args.num_edits,
+        sequential=args.sequential, curve_every=args.curve_every, ppl_tokens=args.ppl_tokens,
     )  # fmt: skip
     print(markdown_table(summary, f"{args.method} on {args.dataset} ({lm.name})"))
     print(f"mean seconds per case: edit {summary['seconds_edit']:.2f}, scoring {summary['seconds_score']:.2f}")
@@ -645,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", formatter_class=_Help, help="evaluate an editing method on CounterFact or zsRE (resumable)"
     )
     model_args(p)
-    p.add_argument("--method", required=True, help="none, rome, r-rome, ft, ft-l or memit")
+    p.add_argument("--method", required=True, help="none, rome, r-rome, ft, ft-l, memit or alphaedit")
     p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
     p.add_argument("--n", type=count(), help="evaluate the first N cases (>= 1; default: all)")
     p.add_argument("--out", required=True, help="folder for per-case results (resumable) and the summary")
@@ -664,6 +667,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch", type=count(), default=8,
         help="cases edited together, each from the unedited model (ROME, r-ROME, MEMIT: one v* search program; >= 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-edits", type=count(), default=1,
+        help="N > 1: MEMIT's batch protocol, chunks of N cases each edited at once and scored on that model "
+        "(rome, r-rome, memit, alphaedit; >= 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sequential", action="store_true",
+        help="apply the chunks of --num-edits one after another to the same model; score every case after the last",
+    )  # fmt: skip
+    p.add_argument(
+        "--curve-every", type=count(), default=1,
+        help="with --sequential: score the cases so far, perplexity and kernel norms every K chunks (>= 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--targets-from",
+        help="with --num-edits > 1: read MEMIT/AlphaEdit residual targets from an earlier such run's --out (same settings)",
+    )
+    p.add_argument(
+        "--ppl-tokens", type=count(0), default=4096,
+        help="held-out WikiText-2 test tokens for perplexity with --num-edits > 1 or --sequential (>= 0; 0: none)",
     )  # fmt: skip
     p.set_defaults(run=cmd_eval)
 

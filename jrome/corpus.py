@@ -88,6 +88,11 @@ class Corpus:
             if piece:
                 yield "".join(piece)
 
+    def file_texts(self) -> Iterator[str]:
+        """Each file's whole text, in order (WikiText-2: the test text, then the validation text)."""
+        for path in self.files():
+            yield "".join(_units(path, self.lines))
+
     def records(self) -> Iterator[str]:
         """The non-empty records (lines, or a hub dataset's rows), stripped."""
         return (r for r in (u.strip() for u in self.units()) if r)

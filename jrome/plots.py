@@ -1,4 +1,5 @@
-"""Figures: causal-trace heatmaps (paper Fig. 1), average effects over a dataset (Fig. 2), severed paths (Fig. 3)."""
+"""Figures: causal-trace heatmaps (paper Fig. 1), average effects over a dataset (Fig. 2), severed paths (Fig. 3), and
+how sequential edits hold up (the scores of the edits so far and perplexity against the number of edits)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,42 @@ def plot_severed_effects(aie: dict[str, np.ndarray], *paths: str | os.PathLike) 
     ax.set_ylabel("Average indirect effect")
     ax.set_xlabel("Layer at which the single hidden state is restored")
     ax.legend(frameon=False, fontsize=7)
+    if paths:
+        save_figure(fig, *paths)
+    return fig
+
+
+LIFELONG_PANELS = (("ES", "efficacy"), ("PS", "generalisation (paraphrase)"), ("NS", "specificity (neighbourhood)"))
+
+
+def plot_lifelong(
+    curves: dict[str, list[dict]], *paths: str | os.PathLike, at_once: dict[str, dict] | None = None, title: str = ""
+) -> Any:
+    """The three CounterFact scores of the edits so far, and perplexity, against the number of edits: one line per
+    sequential run (its curve.jsonl checkpoints), and a marker per run of edits made at once (at_once: {label:
+    {"edits": N, "ES": .., "PS": .., "NS": .., "perplexity": ..}})."""
+    plt = _figure()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for label, curve in curves.items():
+        points = [p for p in curve if p["metrics"]]
+        edits = [p["edits"] for p in points]
+        for ax, (column, _) in zip(axes, LIFELONG_PANELS, strict=False):
+            ax.plot(edits, [p["metrics"][column]["post"]["mean"] for p in points], marker="o", ms=3, label=label)
+        axes[3].plot([p["edits"] for p in curve], [p["perplexity"] for p in curve], marker="o", ms=3, label=label)
+    for label, point in (at_once or {}).items():
+        for ax, key in zip(axes, ("ES", "PS", "NS", "perplexity"), strict=True):
+            ax.plot([point["edits"]], [point[key]], marker="*", ms=11, ls="none", label=label)
+    for ax, (_, name) in zip(axes, LIFELONG_PANELS, strict=False):
+        ax.set_title(name)
+        ax.set_ylim(-0.02, 1.02)
+    axes[3].set_title("perplexity, held-out WikiText-2")
+    axes[3].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("edits so far")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     if paths:
         save_figure(fig, *paths)
     return fig

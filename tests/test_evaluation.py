@@ -20,7 +20,7 @@ from jrome.evaluation.consistency import Vectorizer, load_references, tfidf_simi
 from jrome.evaluation.datasets import parse_counterfact, parse_zsre
 from jrome.evaluation.fluency import generation_entropy
 from jrome.evaluation.metrics import counterfact_case_scores, target_token_scores, zsre_case_scores, zsre_correct
-from jrome.evaluation.runner import summarise
+from jrome.evaluation.summary import summarise
 from jrome.generation import sample_to_length, tidy
 
 ORIGINAL = {
@@ -293,7 +293,7 @@ def test_rome_runner_end_to_end(smollm2, tmp_path, dataset):
 
 def test_cases_scored_as_rows_of_shared_forwards_equal_each_edited_model_scored_alone(smollm2, eiffel_edit):
     from jrome.editing.undo import RankOne
-    from jrome.evaluation.runner import score_cases
+    from jrome.evaluation.protocols import score_cases
 
     real = eiffel_edit[1].edits[0].rank_one  # Eiffel Tower -> Rome at layer 4
     rng = np.random.default_rng(0)
@@ -459,14 +459,14 @@ def test_n_larger_than_the_dataset_runs_what_there_is(smollm2, tmp_path, capsys)
 
 
 def test_pre_edit_scores_are_read_from_an_earlier_run_of_the_same_settings(smollm2, tmp_path, monkeypatch):
-    from jrome.evaluation import runner
+    from jrome.evaluation import protocols
 
     same = {"max_out_len": 0, "seed": 0, "progress": False}
     none = run_eval(smollm2, "none", "counterfact", 2, tmp_path / "none", **same)
     scored = []
-    real = runner.score_cases
+    real = protocols.score_cases
     monkeypatch.setattr(
-        runner, "score_cases", lambda lm, cases, *a: scored.append(lm is smollm2) or real(lm, cases, *a)
+        protocols, "score_cases", lambda lm, cases, *a: scored.append(lm is smollm2) or real(lm, cases, *a)
     )
     ft = run_eval(smollm2, "ft", "counterfact", 2, tmp_path / "ft", hparams={"num_steps": 2}, pre_from=tmp_path / "none", **same)  # fmt: skip
     assert scored == [False, False]  # only the edited models were scored

@@ -12,7 +12,7 @@ import jrome
 from jrome.editing import rome
 from jrome.evaluation.datasets import parse_counterfact
 from jrome.evaluation.metrics import case_probabilities, counterfact_case_scores
-from jrome.evaluation.runner import summarise
+from jrome.evaluation.summary import summarise
 
 pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
 

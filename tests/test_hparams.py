@@ -42,6 +42,24 @@ ORIGINAL_MEMIT = {
 }
 
 
+# jianghoucheng/AlphaEdit@f5248d3 hparams/AlphaEdit/{gpt2-xl,EleutherAI_gpt-j-6B,Llama3-8B}.json (mom2_update_weight is
+# in their files, unread by their code).
+SHARED_ALPHAEDIT = SHARED_MEMIT | {"nullspace_threshold": 2e-2, "L2": 10}
+ORIGINAL_ALPHAEDIT = {
+    "gpt2-xl": ORIGINAL_MEMIT["gpt2-xl"],
+    "gpt-j-6b": ORIGINAL_MEMIT["gpt-j-6b"],
+    "meta-llama-3-8b": {"layers": (4, 5, 6, 7, 8), "v_num_grad_steps": 25, "v_lr": 0.1, "v_loss_layer": 31,
+                        "mom2_update_weight": 15000, "mom2_published": None},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_ALPHAEDIT))
+def test_alphaedit_presets_equal_the_authors(name):
+    preset = load_preset(name, "alphaedit")
+    for field, value in (SHARED_ALPHAEDIT | ORIGINAL_ALPHAEDIT[name]).items():
+        assert getattr(preset, field) == value, (name, field)
+
+
 @pytest.mark.parametrize("name", sorted(ORIGINAL_ROME))
 def test_rome_presets_equal_the_originals(name):
     preset = load_preset(name)
@@ -59,10 +77,12 @@ def test_memit_presets_equal_the_originals(name):
 def test_every_preset_loads_and_family_presets_share_the_originals_method_settings():
     assert {"gpt2", "gptj", "gpt_neox", "llama", "smollm2", *ORIGINAL_ROME} <= set(presets())
     assert {"gpt2", "gptj", "gpt_neox", "llama", "smollm2", *ORIGINAL_MEMIT} <= set(presets("memit"))
+    assert {"gpt2", "gptj", "gpt_neox", "llama", *ORIGINAL_ALPHAEDIT} <= set(presets("alphaedit"))
     for family in ("gpt2", "gptj", "gpt_neox", "llama"):
         rome, memit = load_preset(family), load_preset(family, "memit")
         assert rome.layer is None and memit.layers is None  # a layer comes from a causal trace of the model
         assert rome.v_weight_decay == 0.5 and rome.clamp_norm_factor == 4 and memit.clamp_norm_factor == 0.75
+        assert load_preset(family, "alphaedit").layers is None
 
 
 def test_a_model_name_or_hub_id_selects_its_preset_and_otherwise_its_family():

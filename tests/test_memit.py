@@ -1,28 +1,98 @@
-"""MEMIT: many facts in one batch edit, spread over several layers, with MEMIT's own templates and key averaging."""
+"""MEMIT and AlphaEdit: the same numbers as the originals' code (tests/golden, made by make_memit_alphaedit.py), many
+facts in one batch edit spread over several layers, MEMIT's own templates and key averaging."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import chex
 import numpy as np
 import pytest
 from conftest import data_file, one_worker
 
-from jrome.editing import MemitHparams, key_statistics, load_preset, memit
+from jrome.editing import MemitHparams, alphaedit, key_statistics, load_preset, memit
+from jrome.editing.hparams import AlphaEditHparams
+from jrome.editing.requests import Request
 from jrome.editing.templates import MEMIT_STARTERS
 from jrome.editing.undo import down_kernel
 from jrome.evaluation import load_dataset
-from jrome.evaluation.metrics import score_targets
+from jrome.evaluation.metrics import score_targets, token_scores
 
-pytestmark = one_worker(__name__)  # its module-scoped fixture is computed once
+pytestmark = one_worker(__name__)  # its module-scoped fixtures are computed once
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.fixture(scope="module")
-def batch(smollm2):
+def golden() -> dict:
+    """The originals' inputs and settings (golden.json); their outputs are in the .npz files (`outputs`)."""
+    return json.loads((GOLDEN / "golden.json").read_text())
+
+
+def outputs(method: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / f"{method}_smollm2.npz") as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+@pytest.fixture(scope="module")
+def batch(smollm2, golden):
+    """The golden MEMIT edit: records 0-9, the preset (layers 1-5), the golden's templates, C over 20,000 tokens."""
     cases = load_dataset(data_file("counterfact/counterfact-edit.json"))[:10]
-    hp = load_preset("smollm2", "memit")
-    stats = key_statistics(smollm2, hp.layers, n_tokens=20_000, progress=False)  # the preset's 100 000 take minutes
+    hp = load_preset("smollm2", "memit").override(context_templates=golden["templates"])
+    stats = key_statistics(smollm2, (1, 2, 3, 4, 5), n_tokens=golden["n_tokens"], progress=False)
     new, undo = memit.edit(smollm2, [c.request for c in cases], hp, stats)
     return cases, new, undo, stats
+
+
+def relative(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def check_nlls(lm, requests: list[dict]) -> np.ndarray:
+    """[requests, 3, 2]: the mean NLL of each golden check pair (as the golden script computes it)."""
+    pairs = [(p, a) for r in requests for p, *answers in r["checks"] for a in answers]
+    log_probs, _ = token_scores(lm, [p for p, _ in pairs], [a for _, a in pairs])
+    return np.array([-lp.mean() for lp in log_probs]).reshape(len(requests), 3, 2)
+
+
+def test_memit_equals_the_original(smollm2, batch, golden):
+    _, new, undo, _ = batch
+    arrays = outputs("memit")
+    assert relative(undo.edits[0].targets, arrays["z"]) < 1e-4
+    for u in undo.edits:  # ΔW = (λC + KKᵀ)⁻¹K · R at each layer
+        assert relative(u.left @ u.share, arrays[f"left{u.layer}"] @ arrays[f"right{u.layer}"]) < 1e-4, u.layer
+    requests = golden["requests"][:10]
+    np.testing.assert_allclose(check_nlls(smollm2, requests), arrays["nll_before"], atol=1e-4)
+    np.testing.assert_allclose(check_nlls(new, requests), arrays["nll_after"], atol=1e-3)
+
+
+def test_alphaedit_equals_the_original(smollm2, batch, golden):
+    """Two AlphaEdit batches (records 0-9, then 10-13) at layers 3-5: P, each update, the cache of earlier keys, the
+    NLLs after each. The first batch's targets z are the MEMIT fixture's (the same search: same layer, model, v*)."""
+    _, _, undo, stats = batch
+    arrays, hp = outputs("alphaedit"), AlphaEditHparams.from_dict(golden["alphaedit"]["hparams"])
+    hp = hp.override(context_templates=golden["templates"])
+    p = alphaedit.null_spaces(stats, hp)
+    assert [round(np.trace(x)) for x in p] == list(arrays["p_rank"])
+    probes = np.random.RandomState(0).randn(1536, 8)
+    assert relative(p @ probes, arrays["p_probes"]) < 1e-4
+    groups = memit.context_groups(smollm2, hp)
+    first = [Request.parse(r) for r in golden["requests"][:10]]
+    z = undo.edits[0].targets
+    assert relative(z, arrays["z"][:10]) < 1e-4
+    lm, cache = smollm2, alphaedit.empty_cache(p)
+    for b, requests in enumerate((first, golden["requests"][10:14])):
+        if b == 0:
+            lm, step = memit.spread(lm, requests, z, hp, alphaedit.alpha_solve(hp, p, cache), groups)
+            cache = cache + np.stack([u.keys.T @ u.keys for u in step.edits])
+        else:
+            lm, step, cache = alphaedit.edit(lm, requests, hp, projections=p, cache=cache, progress=False)
+            assert relative(step.edits[0].targets, arrays["z"][10:]) < 1e-4
+        for u in step.edits:
+            assert relative(u.left @ u.share, arrays[f"left{b}_{u.layer}"] @ arrays[f"right{b}_{u.layer}"]) < 1e-4
+        assert relative(cache @ probes, arrays[f"cache_probes{b}"]) < 1e-4
+        np.testing.assert_allclose(check_nlls(lm, golden["requests"][:14]), arrays[f"nll_after{b}"], atol=1e-3)
 
 
 def success(lm, cases, prompts, answers):
@@ -60,7 +130,8 @@ def test_a_one_fact_edit_is_rank_one_per_layer_and_its_factors_give_the_same_mod
     cases, _, undo, stats = batch
     hp = load_preset("smollm2", "memit")
     z = undo.edits[0].targets[:1]  # the first fact's target from the batch's search: spread it alone
-    new, one = memit.spread(smollm2, [cases[0].request], z, hp, stats, memit.context_groups(smollm2, hp))
+    solve = memit.memit_solve(hp, stats)
+    new, one = memit.spread(smollm2, [cases[0].request], z, hp, solve, memit.context_groups(smollm2, hp))
     factors = memit.rank_one(one)
     assert factors.layers == hp.layers and factors.u.shape == (5, 1536) and factors.lam.shape == (5, 576)
     rebuilt = down_kernel(factors.apply(smollm2).params)
@@ -85,7 +156,5 @@ def test_bad_input(smollm2):
         MemitHparams(layers=(3, 2))
     with pytest.raises(ValueError, match=r"layers \[40\] are out of range"):
         memit.edit(smollm2, [request], {"layers": [3, 40]})
-    with pytest.raises(ValueError, match="repeat a subject"):
-        memit.edit(smollm2, [request, request | {"target_new": "London"}], {"context_templates": ["{}", "A. {}"]})
     with pytest.raises(ValueError, match="stats has no statistics for layers"):
         memit.edit(smollm2, [request], {"layers": [3, 4]}, stats={3: None})

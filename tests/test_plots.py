@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jrome.plots import plot_average_effects, plot_trace
+from jrome.plots import plot_average_effects, plot_lifelong, plot_trace
 from jrome.tracing import TraceResult
 
 
@@ -40,3 +40,17 @@ def test_severed_trace_says_so_in_the_title():
 def test_average_effects_plot_has_a_line_per_category(tmp_path):
     fig = plot_average_effects({"hidden": np.random.default_rng(0).random((6, 12))}, tmp_path / "a.png")
     assert len(fig.axes[0].get_lines()) == 6 and (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_lifelong_plot_has_a_line_per_run_and_a_marker_per_batch_run(tmp_path):
+    def point(edits, score, ppl):
+        metrics = {c: {"post": {"mean": score}} for c in ("ES", "PS", "NS")} if edits else {}
+        return {"edits": edits, "metrics": metrics, "perplexity": ppl}
+
+    curves = {"MEMIT": [point(0, 0, 60), point(100, 0.9, 70), point(200, 0.5, 900)], "AlphaEdit": [point(0, 0, 60), point(100, 1.0, 61)]}  # fmt: skip
+    once = {"MEMIT, 200 at once": {"edits": 200, "ES": 0.8, "PS": 0.7, "NS": 0.6, "perplexity": 65}}
+    fig = plot_lifelong(curves, tmp_path / "l.png", at_once=once)
+    assert [len(ax.get_lines()) for ax in fig.axes] == [3, 3, 3, 3]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [100, 200]  # the unedited point has no scores
+    assert list(fig.axes[3].get_lines()[0].get_ydata()) == [60, 70, 900] and fig.axes[3].get_yscale() == "log"
+    assert (tmp_path / "l.png").stat().st_size > 1000

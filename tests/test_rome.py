@@ -11,7 +11,7 @@ import pytest
 
 import jrome
 from jrome.editing import RomeHparams, edit, rome
-from jrome.editing.keys import grouped_key, template_keys
+from jrome.editing.keys import grouped_keys, template_keys
 from jrome.editing.requests import Request, target_ids
 from jrome.editing.rome import rank_one_update
 from jrome.editing.templates import rome_templates, start_text, template_groups
@@ -287,7 +287,7 @@ def test_memit_keys_average_within_each_group_then_over_groups(tiny_lm):
     groups = template_groups(("{}", "a new {}", "the old {}", "big {}"))
     assert groups == (("{}",), ("a new {}", "the old {}", "big {}"))
     keys = template_keys(lm, req, ("{}", "a new {}", "the old {}", "big {}"), 1, "subject_last")
-    np.testing.assert_allclose(grouped_key(lm, req, groups, 1, "subject_last"), (keys[0] + keys[1:].mean(0)) / 2)
+    np.testing.assert_allclose(grouped_keys(lm, [req], groups, 1, "subject_last")[0], (keys[0] + keys[1:].mean(0)) / 2)
 
 
 # Bad input: each a clear error before any work, and the model is left as it was.

@@ -1,14 +1,14 @@
 """Editing facts: requests, context templates, keys and key statistics, the v* search, ROME's rank-one edit,
-MEMIT, fine-tuning baselines, and their hyperparameters."""
+MEMIT, AlphaEdit, streams of batches (sequential), fine-tuning baselines, and their hyperparameters."""
 
-from . import memit, rome
-from .hparams import MemitHparams, RomeHparams, hparams_for, load_preset, presets
+from . import alphaedit, memit, rome, sequential
+from .hparams import AlphaEditHparams, MemitHparams, RomeHparams, hparams_for, load_preset, presets
 from .requests import Request
 from .rome import Edit, edit
 from .stats import KeyStats, key_statistics, read_layer_stats
 from .undo import Undo
 
 __all__ = [
-    "Edit", "KeyStats", "MemitHparams", "Request", "RomeHparams", "Undo", "edit", "hparams_for", "key_statistics",
-    "load_preset", "memit", "presets", "read_layer_stats", "rome",
+    "AlphaEditHparams", "Edit", "KeyStats", "MemitHparams", "Request", "RomeHparams", "Undo", "alphaedit", "edit",
+    "hparams_for", "key_statistics", "load_preset", "memit", "presets", "read_layer_stats", "rome", "sequential",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""ROME and MEMIT hyperparameters: JSON presets shipped in the package (per model, and per family), overridable
+"""ROME, MEMIT and AlphaEdit hyperparameters: JSON presets shipped in the package (per model, and per family), overridable
 per call. A preset's "source" entry says where its values come from (the original's hparams file, or how they
 were chosen); it is documentation and not a field."""
 
@@ -8,7 +8,7 @@ import dataclasses
 import json
 import re
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 from ..tokens import FACT_TOKENS
 
@@ -103,6 +103,7 @@ class MemitHparams:
     mom2_published: str | None = None  # the model's folder among the original's published statistics (e.g. gpt2-xl)
     mom2_tolerance: float | None = None  # stop the statistics pass early once C⁻¹k of probe keys settles to this
     context_templates: tuple[str, ...] | None = None  # explicit templates: "{}" is one group, the rest another
+    METHOD: ClassVar[str] = "MEMIT"
 
     def __post_init__(self) -> None:
         if self.fact_token not in ("subject_last", "subject_first"):
@@ -120,15 +121,32 @@ class MemitHparams:
         _check_stats_size(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MemitHparams:
+    def from_dict(cls, d: dict[str, Any]) -> Any:
         """From a dict of fields (unknown names are an error; lists become tuples)."""
-        return cls(**checked_fields(cls, d, "MEMIT"))
+        return cls(**checked_fields(cls, d, cls.METHOD))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def override(self, **changes: Any) -> MemitHparams:
-        return MemitHparams.from_dict(self.to_dict() | changes)
+    def override(self, **changes: Any) -> Any:
+        return type(self).from_dict(self.to_dict() | changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaEditHparams(MemitHparams):
+    """AlphaEdit: MEMIT's targets and layers, each update projected onto the null space of the corpus keys' second
+    moment, with earlier batches' keys kept in the solve. mom2_update_weight is not read (as in the authors' code)."""
+
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the null space the update lives in
+    L2: float = 10.0  # the identity's weight in the solve (the authors' name)
+    METHOD: ClassVar[str] = "AlphaEdit"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.nullspace_threshold > 0 or self.L2 < 0:
+            raise ValueError(
+                f"nullspace_threshold must be positive and L2 non-negative, got {self.nullspace_threshold}, {self.L2}"
+            )
 
 
 def _check_templates(templates: tuple[str, ...] | None) -> None:
@@ -152,7 +170,7 @@ def _check_stats_size(hp: Any) -> None:
         )
 
 
-METHOD_HPARAMS = {"rome": RomeHparams, "memit": MemitHparams}
+METHOD_HPARAMS = {"rome": RomeHparams, "memit": MemitHparams, "alphaedit": AlphaEditHparams}
 
 
 def presets(method: str = "rome") -> list[str]:
@@ -162,7 +180,7 @@ def presets(method: str = "rome") -> list[str]:
 
 
 def load_preset(name: str, method: str = "rome") -> Any:
-    """A shipped preset as RomeHparams or MemitHparams."""
+    """A shipped preset as RomeHparams, MemitHparams or AlphaEditHparams."""
     if method not in METHOD_HPARAMS:
         raise ValueError(f"no presets for method {method!r}; methods with presets: {', '.join(METHOD_HPARAMS)}")
     path = resources.files("jrome").joinpath(f"hparams/{method}/{name}.json")

@@ -10,20 +10,26 @@ that maps the facts' keys K to their share R while disturbing the corpus keys as
 Keys are averaged within each context-template group and then over the groups (the original's
 `compute_ks`); keys and current states are recomputed after each layer's update, since the update changes
 what the layers above see. Like ROME, the edit is a pure function of the parameters and has an exact Undo.
+Each request is its own key, as in the original: two prompts of one subject are two keys, and a repeated
+request is a repeated column of K (the least-squares solve weighs its targets together).
+
+`spread` takes the left factor's solve as an argument (`Solve`): MEMIT's is `memit_solve`; AlphaEdit
+(`alphaedit`) writes the same targets with its null-space-projected solve.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
 from ..models.lm import LM
 from .hparams import MemitHparams, hparams_for
-from .keys import grouped_key, read_at_fact
+from .keys import grouped_keys, read_at_fact
 from .requests import Request, parse_requests
 from .stats import KeyStats, statistics_for
 from .templates import memit_templates, template_groups
@@ -37,7 +43,7 @@ class MemitUpdate:
 
     layer: int
     requests: tuple[Request, ...]
-    left: np.ndarray  # [F, N] (λ C + K Kᵀ)⁻¹ K
+    left: np.ndarray  # [F, N] (λ C + K Kᵀ)⁻¹ K (AlphaEdit: its projected solve)
     share: np.ndarray  # [N, D] each fact's share of its remaining change at this layer
     keys: np.ndarray  # [N, F] template-averaged keys at this layer when it was updated
     targets: np.ndarray  # [N, D] the residual targets z at the last edited layer
@@ -63,18 +69,19 @@ def rank_one(undo: Undo) -> RankOne:
     )
 
 
-def resolve_hparams(lm: LM, hparams: MemitHparams | dict | None) -> MemitHparams:
-    """The hyperparameters of a MEMIT edit: given, or this model's preset with the given overrides; checked."""
+def resolve_hparams(lm: LM, hparams: MemitHparams | dict | None, method: str = "memit") -> Any:
+    """The hyperparameters of a MEMIT (or AlphaEdit) edit: given, or this model's preset of `method` with the given
+    overrides; checked."""
     if isinstance(hparams, MemitHparams):
         hp = hparams
     else:
-        hp = hparams_for(lm.name, lm.config.family, "memit")
+        hp = hparams_for(lm.name, lm.config.family, method)
         if hparams:
             hp = hp.override(**hparams)
     if hp.layers is None:
         raise ValueError(
-            f"no MEMIT layers for {lm.name or lm.config.family!r}: pass hparams={{'layers': [...]}}, a few consecutive "
-            "layers ending where a causal trace of the last subject token's MLP output peaks"
+            f"no {hp.METHOD} layers for {lm.name or lm.config.family!r}: pass hparams={{'layers': [...]}}, a few "
+            "consecutive layers ending where a causal trace of the last subject token's MLP output peaks"
         )
     bad = [layer for layer in hp.layers if not 0 <= layer < lm.config.n_layers]
     if bad:
@@ -108,25 +115,38 @@ def targets(
     return z_init + delta, losses
 
 
+Solve = Callable[[int, np.ndarray], np.ndarray]  # (index into hp.layers, keys [N, F]) → the left factor [F, N]
+
+
+def memit_solve(hp: MemitHparams, stats: dict[int, KeyStats]) -> Solve:
+    """MEMIT's left factor at the i-th edited layer: (λ C + Kᵀ K)⁻¹ Kᵀ, in float64 (keys as rows here)."""
+
+    def solve(i: int, keys: np.ndarray) -> np.ndarray:
+        c = stats[hp.layers[i]].covariance
+        return np.linalg.solve(hp.mom2_update_weight * c + keys.T @ keys, keys.T)
+
+    return solve
+
+
 def spread(
     lm: LM,
     reqs: Sequence[Request],
     z: np.ndarray,
     hp: MemitHparams,
-    stats: dict[int, KeyStats],
+    solve: Solve,
     groups: Sequence[Sequence[str]],
     losses: np.ndarray | None = None,
 ) -> tuple[LM, Undo]:
-    """Phase two: write the targets z into the layers, lowest first, each taking its share of what is left."""
+    """Phase two: write the targets z into the layers, lowest first, each taking its share of what is left
+    through the left factor `solve` gives (MEMIT: `memit_solve`)."""
     start = time.perf_counter()
     current, edits = lm, []
     prompts, subjects = [r.prompt for r in reqs], [r.subject for r in reqs]
     for i, layer in enumerate(hp.layers):
-        keys = np.stack([grouped_key(current, r, groups, layer, hp.fact_token) for r in reqs])
+        keys = grouped_keys(current, reqs, groups, layer, hp.fact_token)
         now = read_at_fact(current, prompts, subjects, hp.layers[-1], hp.fact_token, site="resid")
         share = (z - now) / (len(hp.layers) - i)
-        c = stats[layer].covariance
-        left = np.linalg.solve(hp.mom2_update_weight * c + keys.T @ keys, keys.T)  # [F, N]
+        left = solve(i, keys)  # [F, N]
         old = down_kernel(current.params)[layer]
         kernel = add_to_layer(down_kernel(current.params), layer, left @ share)
         current = current.replace(params=with_down_kernel(current.params, kernel))
@@ -135,12 +155,33 @@ def spread(
     return current, Undo(tuple(edits))
 
 
+def prepared(
+    lm: LM, requests: Any, hparams: Any, method: str, seed: int, progress: bool
+) -> tuple[list[Request], list[list[int]], Any, tuple[tuple[str, ...], ...]]:
+    """What a MEMIT-style edit needs, checked before any work: requests, target ids, hyperparameters (`method`'s
+    preset with hparams' overrides) and the template groups."""
+    reqs, target_ids = parse_requests(lm, requests, method)
+    hp = resolve_hparams(lm, hparams, method.lower())
+    return reqs, target_ids, hp, context_groups(lm, hp, seed, progress)
+
+
+def layer_stats(lm: LM, hp: MemitHparams, stats: dict[int, KeyStats] | None, progress: bool) -> dict[int, KeyStats]:
+    """Every edited layer's key statistics: given (checked), else the published ones if here, else computed."""
+    if stats is None:
+        stats = statistics_for(lm, hp, hp.layers, progress=progress)
+    missing = [layer for layer in hp.layers if layer not in stats]
+    if missing:
+        raise ValueError(f"stats has no statistics for layers {missing}")
+    return stats
+
+
 def edit(
     lm: LM,
     requests: Request | dict | Sequence[Request | dict],
     hparams: MemitHparams | dict | None = None,
     stats: dict[int, KeyStats] | None = None,
     *,
+    z: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[LM, Undo]:
@@ -148,18 +189,23 @@ def edit(
 
     stats: {layer: KeyStats} for every edited layer (default: the published ones if here, else computed in one pass
     and cached on disk).
+    z: the requests' residual targets [N, D] when already known (an earlier search on this model with these settings,
+    as the original's --use_cache reads them); default: searched.
     progress: say what the slow steps do (statistics, templates, each fact's v* search) on stderr.
     """
-    reqs, target_ids = parse_requests(lm, requests, "MEMIT")
-    hp = resolve_hparams(lm, hparams)
-    subjects = [r.subject for r in reqs]
-    if len(set(subjects)) < len(subjects):
-        raise ValueError("MEMIT edits each subject once per batch; these requests repeat a subject")
-    if stats is None:
-        stats = statistics_for(lm, hp, hp.layers, progress=progress)
-    missing = [layer for layer in hp.layers if layer not in stats]
-    if missing:
-        raise ValueError(f"stats has no statistics for layers {missing}")
-    groups = context_groups(lm, hp, seed, progress)
-    z, losses = targets(lm, reqs, target_ids, hp, groups, progress)
-    return spread(lm, reqs, z, hp, stats, groups, losses)
+    reqs, target_ids, hp, groups = prepared(lm, requests, hparams, "MEMIT", seed, progress)
+    stats = layer_stats(lm, hp, stats, progress)
+    z, losses = known_or_searched(lm, reqs, target_ids, hp, groups, z, progress)
+    return spread(lm, reqs, z, hp, memit_solve(hp, stats), groups, losses)
+
+
+def known_or_searched(
+    lm: LM, reqs: Sequence[Request], target_ids: Any, hp: MemitHparams, groups: Any, z: Any, progress: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(z, losses): the given targets (checked: one per request; no losses), else `targets` searches them."""
+    if z is None:
+        return targets(lm, reqs, target_ids, hp, groups, progress)
+    z = np.asarray(z, np.float64)
+    if z.shape != (len(reqs), lm.config.d_model):
+        raise ValueError(f"targets have shape {z.shape}; these requests need {(len(reqs), lm.config.d_model)}")
+    return z, None

@@ -5,7 +5,8 @@ from .datasets import DATASETS, EditCase, load_dataset
 from .fluency import generate_texts, generation_entropy, ngram_entropy
 from .methods import METHODS, Method
 from .metrics import counterfact_nlls, counterfact_scores, score_targets, zsre_correct, zsre_scores
-from .runner import markdown_table, run_eval, summarise
+from .runner import run_eval
+from .summary import markdown_table, summarise
 from .words import word_tokenize
 
 __all__ = [

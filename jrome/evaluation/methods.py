@@ -1,6 +1,8 @@
 """The editing methods an evaluation compares, each a small object: `prepare` makes its own context once per run
 (hyperparameters, context templates, key statistics), `edit_each` edits the unedited model for each of a few
-cases (ROME, r-ROME and MEMIT compute the cases' v* searches as one batch).
+cases (ROME, r-ROME, MEMIT and AlphaEdit compute the cases' v* searches as one batch). For ROME, r-ROME, MEMIT and
+AlphaEdit the context is an `Editor` (`editing.sequential`), which also edits many cases at once and streams of
+batches (`streams`).
 
 A method's hyperparameters, generated context templates included, are saved with the run (context.json) the
 first time, so a resumed run edits exactly as the first start would have.
@@ -14,11 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..editing import memit, rome
+from ..editing import alphaedit, memit, rome
 from ..editing.baselines import FTHparams, finetune, ft_hparams_for
-from ..editing.hparams import MemitHparams, RomeHparams
+from ..editing.hparams import METHOD_HPARAMS, RomeHparams
 from ..editing.requests import parse_requests
-from ..editing.stats import KeyStats, statistics_for
+from ..editing.sequential import AlphaEditor, MemitEditor, RomeEditor
+from ..editing.stats import statistics_for
 from ..editing.undo import RankOne
 from ..files import atomic_write_text
 from ..models.lm import LM
@@ -31,6 +34,7 @@ class Method(Protocol):
     """An editing method as the runner sees it."""
 
     name: str
+    streams: bool  # prepare gives an Editor: the method edits many cases at once and streams of batches
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         """Hyperparameters this method does not have, or values of the wrong kind, are an error before any work
@@ -93,6 +97,7 @@ class NoEdit:
     """The unedited model: its numbers before and after are the same."""
 
     name: str = "none"
+    streams: bool = False
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         if overrides:
@@ -115,19 +120,12 @@ class NoEdit:
 
 
 @dataclasses.dataclass(frozen=True)
-class RomeContext:
-    """ROME's hyperparameters (with this run's context templates) and the edited layer's key statistics."""
-
-    hparams: RomeHparams
-    stats: KeyStats | None
-
-
-@dataclasses.dataclass(frozen=True)
 class Rome:
     """ROME (rrome=False) or r-ROME (the template-averaged key also in the closed form), with the model's preset."""
 
     name: str = "rome"
     rrome: bool = False
+    streams: bool = True
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         RomeHparams(layer=None).override(**overrides)
@@ -140,7 +138,7 @@ class Rome:
         seed: int,
         progress: bool = True,
         download: bool = False,
-    ) -> RomeContext:
+    ) -> RomeEditor:
         def make() -> dict[str, Any]:
             hp = rome.resolve_hparams(lm, {**overrides, "rrome": self.rrome})
             return hp.override(context_templates=list(rome.context_templates(lm, hp, seed, progress))).to_dict()
@@ -149,29 +147,23 @@ class Rome:
         stats = None
         if hp.mom2_adjustment:
             stats = statistics_for(lm, hp, hp.layer, download=download, progress=progress)[hp.layer]
-        return RomeContext(hp, stats)
+        return RomeEditor(hp, stats)
 
-    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: RomeContext) -> Iterator[RankOne]:
+    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: RomeEditor) -> Iterator[RankOne]:
         edits = rome.edit_each(lm, [c.request for c in cases], ctx.hparams, stats=ctx.stats, progress=False)
         return (e.rank_one for e in edits)
 
 
 @dataclasses.dataclass(frozen=True)
-class MemitContext:
-    """MEMIT's hyperparameters (with this run's template groups, flat) and every edited layer's key statistics."""
-
-    hparams: MemitHparams
-    stats: dict[int, KeyStats]
-
-
-@dataclasses.dataclass(frozen=True)
 class Memit:
-    """MEMIT on each case alone (the cases' targets z searched as one batch), with the model's MEMIT preset."""
+    """MEMIT ("memit") or AlphaEdit ("alphaedit") with the model's preset of that method; edit_each edits each case
+    alone from the unedited model (the cases' targets z searched as one batch; AlphaEdit with no earlier keys)."""
 
     name: str = "memit"
+    streams: bool = True
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
-        MemitHparams(layers=None).override(**overrides)
+        METHOD_HPARAMS[self.name](layers=None).override(**overrides)
 
     def prepare(
         self,
@@ -181,21 +173,23 @@ class Memit:
         seed: int,
         progress: bool = True,
         download: bool = False,
-    ) -> MemitContext:
+    ) -> MemitEditor | AlphaEditor:
         def make() -> dict[str, Any]:
-            hp = memit.resolve_hparams(lm, overrides)
+            hp = memit.resolve_hparams(lm, overrides, self.name)
             flat = [t for group in memit.context_groups(lm, hp, seed, progress) for t in group]
             return hp.override(context_templates=flat).to_dict()
 
-        hp = MemitHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
-        return MemitContext(hp, statistics_for(lm, hp, hp.layers, download=download, progress=progress))
+        hp = METHOD_HPARAMS[self.name].from_dict(saved_hparams(folder, self.name, lm, overrides, make))
+        stats = statistics_for(lm, hp, hp.layers, download=download, progress=progress)
+        return MemitEditor(hp, stats) if self.name == "memit" else AlphaEditor(hp, alphaedit.null_spaces(stats, hp))
 
-    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: MemitContext) -> Iterator[RankOne]:
-        reqs, target_ids = parse_requests(lm, [c.request for c in cases], "MEMIT")
+    def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: MemitEditor | AlphaEditor) -> Iterator[RankOne]:
+        reqs, target_ids = parse_requests(lm, [c.request for c in cases], ctx.hparams.METHOD)
         groups = memit.context_groups(lm, ctx.hparams)
         z, losses = memit.targets(lm, reqs, target_ids, ctx.hparams, groups)
+        solve = ctx.solve(ctx.start(lm).carry)
         return (
-            memit.rank_one(memit.spread(lm, [r], z[i : i + 1], ctx.hparams, ctx.stats, groups, losses[i : i + 1])[1])
+            memit.rank_one(memit.spread(lm, [r], z[i : i + 1], ctx.hparams, solve, groups, losses[i : i + 1])[1])
             for i, r in enumerate(reqs)
         )
 
@@ -212,6 +206,7 @@ class FineTune:
     """FT ("ft") or FT-L ("ft-l") with the model's preset."""
 
     name: str = "ft"
+    streams: bool = False
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         FTHparams(layer=0).override(**overrides)
@@ -235,7 +230,16 @@ class FineTune:
 
 
 METHODS: dict[str, Method] = {
-    m.name: m for m in (NoEdit(), Rome(), Rome("r-rome", rrome=True), FineTune("ft"), FineTune("ft-l"), Memit())
+    m.name: m
+    for m in (
+        NoEdit(),
+        Rome(),
+        Rome("r-rome", rrome=True),
+        FineTune("ft"),
+        FineTune("ft-l"),
+        Memit(),
+        Memit("alphaedit"),
+    )
 }
 
 
