@@ -94,6 +94,16 @@ def test_additive_intervention_adds_to_the_mlp_output(lm, ids):
     )
 
 
+def test_additive_residual_intervention_adds_to_the_residual_after_the_layer(lm, ids):
+    base = clean(lm, ids)
+    delta = jnp.linspace(-1, 1, lm.config.d_model)
+    out = jrome.forward(lm, ids, interventions=Interventions(resid_add=Patch.at(2, 3, delta), capture=("resid",)))
+    np.testing.assert_allclose(
+        np.asarray(out.captured["resid"][2, :, 3]), np.asarray(base.captured["resid"][2, :, 3] + delta), atol=1e-6
+    )
+    np.testing.assert_array_equal(np.asarray(out.captured["resid"][:2]), np.asarray(base.captured["resid"][:2]))
+
+
 def test_embedding_noise_only_reaches_later_tokens(lm, ids):
     base = clean(lm, ids)
     noise = np.zeros((9, lm.config.d_model), np.float32)

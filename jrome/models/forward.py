@@ -213,6 +213,8 @@ def block(
     h = h + joins + out_joins if cfg.parallel_residual else h + out_joins
     if iv.resid is not None:
         h = iv.resid.overwrite(layer, cols, h)
+    if iv.resid_add is not None:
+        h = iv.resid_add.add_into(layer, cols, h)
     acts = {"resid": h, "mlp_key": key, "mlp": out, "attn": attn, "attn_k": k, "attn_v": v}
     return h, {name: acts[name] for name in iv.capture}
 
