@@ -9,9 +9,9 @@ with early stop once the loss is below 5e-2, and δ projected back into the ball
 clamp_norm_factor · ‖v_init‖ after every step — all as in the original code. The whole search is one jitted
 `lax.while_loop`, over the K requests of a batch at once: their prompts are rows of one forward, each row adds
 its own request's δ, and each request keeps its own loss, early stop and clamp (Adam is elementwise, so this is
-K separate searches computed together). Both versions add δ through the same additive interventions (`at_site`):
-`optimise_v` computes each step only where δ can change anything; `optimise_v_reference` is the straightforward
-version (a full forward per step), for checks.
+K separate searches computed together). `optimise_v` computes each step only where δ can change anything, or, with
+fast=False, the straightforward way (a full forward per step), for checks; both add δ through the same additive
+interventions (`at_site`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class VBatch:
         return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
 
     def arrays(self, fast: bool = True) -> dict[str, np.ndarray]:
-        """What optimise_v (fast) or optimise_v_reference reads."""
+        """What optimise_v reads (with `rows` when fast)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return fields | ({"rows": self.rows} if fast else {})
 
@@ -224,7 +224,7 @@ SITES = ("mlp", "resid")
 after the layer (v_init is the residual, the target z = v_init + δ). On Gemma 2 and 3 the MLP output passes a norm
 before it joins the residual, so the two differ."""
 
-STATIC = ("cfg", "layer", "hp", "nll_layer")
+STATIC = ("cfg", "layer", "hp", "nll_layer", "fast")
 
 
 def at_site(site: jax.Array, layer: int, cols: jax.Array, delta: jax.Array) -> Interventions:
@@ -302,41 +302,17 @@ def _fast_log_probs(
     return log_probs
 
 
-@partial(jax.jit, static_argnames=STATIC)
-def optimise_v(
+def _full_log_probs(
     cfg: ModelConfig,
     params: dict,
     batch: dict[str, jax.Array],
+    captured: dict[str, jax.Array],
     *,
     layer: int,
     site: jax.Array,
-    hp: Settings,
-    nll_layer: int | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The v* search of K requests with δ added at SITES[site] of `layer` (see at_site), computing each step only where
-    δ can change anything (see _fast_log_probs): (δ [K, D], v_init [K, D], losses [K, steps, 4]).
-
-    batch: VBatch.arrays(). nll_layer (MEMIT's v_loss_layer) reads the NLL from that layer's residual through the
-    final norm and head; None reads the model's logits (ROME always does). The KL term always reads the logits."""
-    captured, v_init = _unedited(cfg, params, batch, layer, site, ("resid", "attn_k", "attn_v"))
-    log_probs = _fast_log_probs(cfg, params, batch, captured, layer=layer, site=site, nll_layer=nll_layer)
-    delta, losses = adam_search(log_probs, v_init, batch, hp)
-    return delta, v_init, losses
-
-
-@partial(jax.jit, static_argnames=STATIC)
-def optimise_v_reference(
-    cfg: ModelConfig,
-    params: dict,
-    batch: dict[str, jax.Array],
-    *,
-    layer: int,
-    site: jax.Array,
-    hp: Settings,
-    nll_layer: int | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The same search done the straightforward way: every step a full forward with δ added by at_site."""
-    _, v_init = _unedited(cfg, params, batch, layer, site, ())
+    nll_layer: int | None,
+) -> LogProbs:
+    """log_probs(δ) done the straightforward way, for checks: every step a full forward with δ added by at_site."""
     ids, mask, fact_cols, out_cols = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols"))
 
     def pick(x: jax.Array) -> jax.Array:
@@ -349,6 +325,30 @@ def optimise_v_reference(
         nll = final if nll_layer is None else pick(unembed(cfg, params, out.captured["resid"][nll_layer]))
         return nll, final[:, 0]
 
+    return log_probs
+
+
+@partial(jax.jit, static_argnames=STATIC)
+def optimise_v(
+    cfg: ModelConfig,
+    params: dict,
+    batch: dict[str, jax.Array],
+    *,
+    layer: int,
+    site: jax.Array,
+    hp: Settings,
+    nll_layer: int | None = None,
+    fast: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The v* search of K requests with δ added at SITES[site] of `layer` (see at_site): (δ [K, D], v_init [K, D],
+    losses [K, steps, 4]). fast: each step computed only where δ can change anything (_fast_log_probs), else
+    the straightforward way (_full_log_probs).
+
+    batch: VBatch.arrays(fast). nll_layer (MEMIT's v_loss_layer) reads the NLL from that layer's residual through
+    the final norm and head; None reads the model's logits (ROME always does). The KL term always reads the logits."""
+    captured, v_init = _unedited(cfg, params, batch, layer, site, ("resid", "attn_k", "attn_v") if fast else ())
+    build = _fast_log_probs if fast else _full_log_probs
+    log_probs = build(cfg, params, batch, captured, layer=layer, site=site, nll_layer=nll_layer)
     delta, losses = adam_search(log_probs, v_init, batch, hp)
     return delta, v_init, losses
 
@@ -379,15 +379,13 @@ def search(
         raise ValueError(f"site={site!r}; accepted: {', '.join(SITES)}")
     n_programs = -(-len(reqs) // per_program)
     size = -(-len(reqs) // n_programs)  # even chunks: at most two program shapes per call
-    fn = optimise_v if fast else optimise_v_reference
-    settings = Settings.of(hp)
+    run = partial(optimise_v, lm.config, lm.params, layer=layer, site=SITES.index(site), hp=Settings.of(hp),
+                  nll_layer=nll_layer, fast=fast)  # fmt: skip
     parts = []
     with tqdm(total=len(reqs), desc=progress, disable=progress is None) as bar:
         for a in range(0, len(reqs), size):
             b = v_batch(lm, reqs[a : a + size], templates, target_ids[a : a + size], hp.fact_token)
-            arrays = b.arrays(fast)
-            where = SITES.index(site)
-            parts.append(fn(lm.config, lm.params, arrays, layer=layer, site=where, hp=settings, nll_layer=nll_layer))
+            parts.append(run(b.arrays(fast)))
             jax.block_until_ready(parts[-1])
             bar.update(len(b.first_rows))
     delta, v_init, losses = (np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(3))

@@ -321,6 +321,17 @@ def forward_tokens(
 forward_tokens_jit = jax.jit(forward_tokens, static_argnums=0)
 
 
+def activations_below(
+    cfg: ModelConfig, params: Params, ids: jax.Array, mask: jax.Array, capture: tuple[str, ...], stop: int
+) -> dict[str, jax.Array]:
+    """The activations `capture` of layers 0..stop-1, each [stop, B, T, ...], for padded ids [B, T] (left or right);
+    the layers from `stop` on are not run (reading keys and residuals for an edit)."""
+    h = embed(cfg, params, ids, positions_from_mask(mask))
+    return run_layers(
+        cfg, params["blocks"], h, rows=Rows.causal(cfg, mask), iv=Interventions(capture=capture), stop=stop
+    )[1]
+
+
 def last_columns(mask: Any) -> Any:
     """[B]: the column of each row's last real token (works for left and right padding); NumPy in, NumPy out."""
     xp = np if isinstance(mask, np.ndarray) else jnp
