@@ -242,7 +242,8 @@ def statistics_step(lm: Any, orig: Any, model: Any, folder: Path, n_tokens: int,
     SecondMoment over the very same windows; tokens per second."""
     import torch
 
-    from jrome.editing.stats import corpus_windows, key_statistics
+    from jrome.editing.stats import key_statistics
+    from jrome.editing.windows import corpus_windows
 
     hp, _, _ = rome_setup(lm)
     path, window = corpus(folder, 2 * n_tokens), 128
@@ -298,10 +299,11 @@ def decoding_step(lm: Any, model: Any, new_tokens: int) -> dict:
 def fig2_step(lm: Any, n_facts: int, folder: Path) -> dict:
     """trace_dataset over n_facts facts (every kind, 10 samples) the model answers (its own top token is the
     attribute), and Fig. 2's 1,000 facts extrapolated from it."""
-    from jrome.tracing.dataset import top_tokens, trace_dataset
+    from jrome.prediction import next_tokens
+    from jrome.tracing.dataset import trace_dataset
 
     pairs = [(r.format(s), s) for r in RELATIONS for s in SUBJECTS + CITIES][:n_facts]
-    tops = top_tokens(lm, [p for p, _ in pairs])
+    tops = next_tokens(lm, [p for p, _ in pairs]).top[:, 0]
     facts = [{"prompt": p, "subject": s, "attribute": lm.tokenizer.decode([int(t)])} for (p, s), t in zip(pairs, tops, strict=True)]  # fmt: skip
     seconds, summary = clock(lambda: trace_dataset(lm, facts, samples=10, noise=SCALE, out=folder / "fig2", progress=False))  # fmt: skip
     return {"facts": n_facts, "traced": summary.n_correct, "seconds": seconds,

@@ -201,7 +201,7 @@ def main() -> None:
         path = jrome.models.embedded_path()
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
         model.requires_grad_(False)
-        windows = jrome.editing.stats.corpus_windows(
+        windows = jrome.editing.windows.corpus_windows(
             lm.tokenizer, open_corpus("wikitext-2").pieces(), args.stats_tokens, 128
         )
         t_stats = torch_statistics(model, lm.tokenizer, layer, windows)

@@ -26,7 +26,8 @@ import jrome  # noqa: E402
 from jrome.corpus import open_corpus  # noqa: E402
 from jrome.editing import RomeHparams, key_statistics  # noqa: E402
 from jrome.editing.rome import rank_one_update  # noqa: E402
-from jrome.editing.stats import KeySolver, corpus_windows  # noqa: E402
+from jrome.editing.solver import KeySolver  # noqa: E402
+from jrome.editing.windows import corpus_windows  # noqa: E402
 
 LAYER = 4
 

@@ -22,22 +22,14 @@ DEMO_PROMPTS = (
 
 
 def _top_predictions(lm, prompts: Sequence[str], k: int) -> list[dict]:
-    """The k most likely next tokens of each prompt, with probabilities, from one batched forward."""
-    import jax
-    import numpy as np
+    """The k most likely next tokens of each prompt, with probabilities."""
+    from .prediction import next_tokens
 
-    from .models.forward import forward
-    from .tokens import encode
-
-    ids, mask = encode(lm.tokenizer, prompts)
-    probs = np.asarray(jax.nn.softmax(forward(lm, ids, mask, logits_at="last").logits[:, -1], axis=-1))
-    rows = []
-    for prompt, p in zip(prompts, probs, strict=True):
-        top = np.argsort(-p)[:k]
-        rows.append(
-            {"prompt": prompt, "top": [{"token": lm.tokenizer.decode([int(i)]), "p": float(p[i])} for i in top]}
-        )
-    return rows
+    found = next_tokens(lm, prompts, k=k)
+    return [
+        {"prompt": prompt, "top": [{"token": lm.tokenizer.decode([int(i)]), "p": float(p)} for i, p in zip(ids, ps, strict=True)]}
+        for prompt, ids, ps in zip(prompts, found.top, found.p_top, strict=True)
+    ]  # fmt: skip
 
 
 def _print_predictions(rows: list[dict]) -> None:
@@ -111,7 +103,7 @@ def _peak_layer(result) -> int:
 def _key_statistics(lm, hp, say: Callable[[str], None], *, fallback: bool) -> tuple[Any, Any]:
     """(hparams, key statistics) of an edit: published where the preset names them, else computed, a hub corpus
     fetched on first use. Without them: with `fallback`, C = I and the reason said; else the reason as one error."""
-    from .editing.stats import statistics_for
+    from .editing.published import statistics_for
 
     if not hp.mom2_adjustment:
         say("key statistics: none (--no-stats or mom2_adjustment=false), so C = I; the paper's ROME uses them")
@@ -127,23 +119,96 @@ def _key_statistics(lm, hp, say: Callable[[str], None], *, fallback: bool) -> tu
     return hp, stats
 
 
+def _rome_setup(
+    lm, overrides: dict, say: Callable[[str], None], *, mlp_trace: Callable[[], Any], choose: str, fallback: bool
+) -> tuple[Any, Any]:
+    """The policy of `edit` and `demo`: (ROME's hparams, key statistics). The preset with `overrides`; without a
+    preset layer, the MLP peak of mlp_trace() at the last subject token (said, with `choose`: how to pick another);
+    the statistics as _key_statistics gives them."""
+    from .editing import hparams_for
+
+    hp = hparams_for(lm.name, lm.config.family).override(**overrides)
+    if hp.layer is None:
+        hp = hp.override(layer=_peak_layer(mlp_trace()))
+        say(f"no preset layer for {lm.name}: layer {hp.layer}, the MLP peak of a causal trace at the last subject "
+            f"token ({choose} chooses another)")  # fmt: skip
+    return _key_statistics(lm, hp, say, fallback=fallback)
+
+
+DEMO_FACT = ("The Eiffel Tower is located in the city of", "The Eiffel Tower", "Rome")
+DEMO_CHECKS = {
+    "prompt": DEMO_FACT[0], "paraphrase": "The Eiffel Tower is in the heart of",
+    "neighbour": "The Louvre is located in the city of",
+}  # fmt: skip
+
+
+def _demo_trace(lm, args: argparse.Namespace, step: Callable[[str], None]) -> tuple[Any, dict, dict, list[str]]:
+    """The demo's causal trace of DEMO_FACT, every kind, a heatmap each: (runs, results by kind, summary, pictures)."""
+    from pathlib import Path
+
+    from .plots import plot_trace
+    from .tracing import KINDS, corrupt_and_clean, noise_std, restore
+
+    prompt, subject, _ = DEMO_FACT
+    subjects, source = _noise_subjects(step)
+    scale = 3 * noise_std(lm, subjects)
+    step(f"causal trace of {prompt!r}, subject {subject!r}: {args.samples} noise samples, scale {scale:.3f} "
+         f"(3 sd over {source})")  # fmt: skip
+    runs = corrupt_and_clean(lm, prompt, subject, samples=args.samples, noise=scale)
+    summary = {"answer": lm.tokenizer.decode([runs.answer_id]), "high_score": runs.high_score, "low_score": runs.low_score}  # fmt: skip
+    pictures, results = [], {}
+    for kind in KINDS:
+        t0 = time.perf_counter()
+        result = results[kind] = restore(lm, runs, kind)
+        path = Path(args.out) / f"trace_{kind}.png"
+        plot_trace(result, path, model_name=lm.name)
+        pictures.append(str(path))
+        token, layer = divmod(int(result.scores.argmax()), result.scores.shape[1])
+        summary[kind] = {"strongest": {"token": result.tokens[token], "layer": layer, "p": float(result.scores.max())}}
+        step(f"  {kind:6s} {time.perf_counter() - t0:5.1f}s  strongest: token {result.tokens[token]!r} layer {layer} "
+             f"p={result.scores.max():.3f} -> {path}")  # fmt: skip
+    return runs, results, summary, pictures
+
+
+def _demo_edit(lm, hp, stats, runs, tokens: int, step: Callable[[str], None]) -> tuple[dict, float]:
+    """The demo's ROME edit of DEMO_FACT, with generations and next-token probabilities of DEMO_CHECKS before and
+    after: (the summary's checks, seconds the edit took)."""
+    from .editing import edit
+    from .generation import generate
+    from .tokens import spaced
+
+    _, subject, target = DEMO_FACT
+    before = {name: generate(lm, [text], tokens)[0] for name, text in DEMO_CHECKS.items()}
+    t0 = time.perf_counter()
+    new, _ = edit(
+        lm, {"prompt": "{} is located in the city of", "subject": subject, "target_new": target}, hp, stats=stats
+    )
+    seconds = time.perf_counter() - t0
+    step(f"ROME: {subject} -> {target} at layer {hp.layer} in {seconds:.1f}s")
+    after = {name: generate(new, [text], tokens)[0] for name, text in DEMO_CHECKS.items()}
+    target_id = lm.tokenizer(spaced(target), add_special_tokens=False)["input_ids"][0]
+    texts = list(DEMO_CHECKS.values())
+    rows = zip(
+        _fact_rows(lm, texts, target_id, runs.answer_id), _fact_rows(new, texts, target_id, runs.answer_id), strict=True
+    )
+    checks = {}
+    for (name, text), (b, a) in zip(DEMO_CHECKS.items(), rows, strict=True):
+        checks[name] = {"prompt": text, "before": b | {"text": before[name]}, "after": a | {"text": after[name]}}
+        print(f"  {name:10s} {text!r}")
+        print(f"      before: p({target})={b['p_target']:.3f}  ...{before[name]!r}")
+        print(f"      after:  p({target})={a['p_target']:.3f}  ...{after[name]!r}")
+    return checks, seconds
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Load SmolLM2, trace the Eiffel Tower fact, move it to Rome with ROME, and compare generations."""
     from pathlib import Path
 
-    from .editing import edit, hparams_for
     from .evaluation.methods import get_method
-    from .generation import generate
     from .models.loading import load, param_count
-    from .plots import plot_trace
-    from .tokens import spaced
-    from .tracing import KINDS, corrupt_and_clean, noise_std, restore
 
     overrides = dict(args.hparam) | {"mom2_n_tokens": args.stats_tokens}
     get_method("rome").check_overrides(overrides)  # before the model loads
-    out = Path(args.out)
-    prompt, subject, target = "The Eiffel Tower is located in the city of", "The Eiffel Tower", "Rome"
-    checks = {"prompt": prompt, "paraphrase": "The Eiffel Tower is in the heart of", "neighbour": "The Louvre is located in the city of"}  # fmt: skip
     summary: dict = {"model": args.model, "seconds": {}}
     clock = time.perf_counter()
 
@@ -152,71 +217,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     lm = load(args.model)
     cfg = lm.config
-    step(
-        f"loaded {lm.name}: {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, {param_count(lm) / 1e6:.0f}M parameters"
-    )
-    rows = _top_predictions(lm, DEMO_PROMPTS, 3)
-    for row in rows:
+    step(f"loaded {lm.name}: {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, "
+         f"{param_count(lm) / 1e6:.0f}M parameters")  # fmt: skip
+    for row in _top_predictions(lm, DEMO_PROMPTS, 3):
         print(f"    {row['prompt']!r} -> " + ", ".join(f"{t['token']!r} {t['p']:.2f}" for t in row["top"]))
-
-    subjects, source = _noise_subjects(step)
-    scale = 3 * noise_std(lm, subjects)
-    step(
-        f"causal trace of {prompt!r}, subject {subject!r}: {args.samples} noise samples, scale {scale:.3f} (3 sd over {source})"
-    )
-    runs = corrupt_and_clean(lm, prompt, subject, samples=args.samples, noise=scale)
-    summary["trace"] = {
-        "answer": lm.tokenizer.decode([runs.answer_id]),
-        "high_score": runs.high_score,
-        "low_score": runs.low_score,
-    }
-    pictures, results = [], {}
-    for kind in KINDS:
-        t0 = time.perf_counter()
-        result = results[kind] = restore(lm, runs, kind)
-        path = out / f"trace_{kind}.png"
-        plot_trace(result, path, model_name=lm.name)
-        pictures.append(str(path))
-        token, layer = divmod(int(result.scores.argmax()), result.scores.shape[1])
-        summary["trace"][kind] = {
-            "strongest": {"token": result.tokens[token], "layer": layer, "p": float(result.scores.max())}
-        }
-        step(
-            f"  {kind:6s} {time.perf_counter() - t0:5.1f}s  strongest: token {result.tokens[token]!r} layer {layer} p={result.scores.max():.3f} -> {path}"
-        )
-
-    hp = hparams_for(lm.name, cfg.family).override(**overrides)
-    if hp.layer is None:  # a model without a preset: the layer the MLP trace points to
-        hp = hp.override(layer=_peak_layer(results["mlp"]))
-        step(f"no preset layer for {lm.name}: layer {hp.layer}, the MLP peak at the last subject token of the trace")
-    hp, stats = _key_statistics(lm, hp, step, fallback=True)  # unlike `edit`, the demo goes on with C = I
-    before = {name: generate(lm, [text], args.tokens)[0] for name, text in checks.items()}
-    t0 = time.perf_counter()
-    new, undo = edit(
-        lm, {"prompt": "{} is located in the city of", "subject": subject, "target_new": target}, hp, stats=stats
-    )
-    summary["seconds"]["edit"] = time.perf_counter() - t0
-    step(f"ROME: {subject} -> {target} at layer {hp.layer} in {summary['seconds']['edit']:.1f}s")
-    after = {name: generate(new, [text], args.tokens)[0] for name, text in checks.items()}
-    target_id = lm.tokenizer(spaced(target), add_special_tokens=False)["input_ids"][0]
-    old_id = runs.answer_id
-    probe = {name: (_fact_rows(lm, [text], target_id, old_id)[0], _fact_rows(new, [text], target_id, old_id)[0]) for name, text in checks.items()}  # fmt: skip
-    summary["edit"] = {"layer": hp.layer, "target": target, "old_answer": summary["trace"]["answer"], "checks": {}}
-    for name, text in checks.items():
-        b, a = probe[name]
-        summary["edit"]["checks"][name] = {
-            "prompt": text,
-            "before": b | {"text": before[name]},
-            "after": a | {"text": after[name]},
-        }
-        print(f"  {name:10s} {text!r}")
-        print(f"      before: p({target})={b['p_target']:.3f}  ...{before[name]!r}")
-        print(f"      after:  p({target})={a['p_target']:.3f}  ...{after[name]!r}")
-    summary["edit"]["succeeded"] = probe["prompt"][1]["top"].strip() == target
+    runs, results, summary["trace"], pictures = _demo_trace(lm, args, step)
+    # unlike `edit`, the demo goes on with C = I without statistics
+    hp, stats = _rome_setup(lm, overrides, step, mlp_trace=lambda: results["mlp"], choose="--hparam layer=N",
+                            fallback=True)  # fmt: skip
+    checks, summary["seconds"]["edit"] = _demo_edit(lm, hp, stats, runs, args.tokens, step)
+    summary["edit"] = {"layer": hp.layer, "target": DEMO_FACT[2], "old_answer": summary["trace"]["answer"],
+                       "checks": checks, "succeeded": checks["prompt"]["after"]["top"].strip() == DEMO_FACT[2]}  # fmt: skip
     summary["pictures"] = pictures
     summary["seconds"]["total"] = time.perf_counter() - clock
-    _write_json(str(out / "summary.json"), summary)
-    step(f"done. Heatmaps: {', '.join(pictures)}; summary: {out / 'summary.json'}")
+    out = Path(args.out) / "summary.json"
+    _write_json(str(out), summary)
+    step(f"done. Heatmaps: {', '.join(pictures)}; summary: {out}")
     return 0
 
 
@@ -349,35 +365,21 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
 
 def _fact_rows(lm, prompts: Sequence[str], target: int, old: int) -> list[dict]:
     """Top prediction, p(target) and p(old answer) at the next token of each prompt."""
-    import jax
-    import numpy as np
+    from .prediction import next_tokens
 
-    from .models.forward import forward
-    from .tokens import encode
-
-    ids, mask = encode(lm.tokenizer, prompts)
-    probs = np.asarray(jax.nn.softmax(forward(lm, ids, mask, logits_at="last").logits[:, -1], axis=-1))
+    found = next_tokens(lm, prompts, tokens=(target, old))
     return [
-        {"top": lm.tokenizer.decode([int(p.argmax())]), "p_top": float(p.max()), "p_target": float(p[target]),
-         "p_old": float(p[old])}
-        for p in probs
+        {"top": lm.tokenizer.decode([int(top[0])]), "p_top": float(p_top[0]), "p_target": float(p[0]), "p_old": float(p[1])}
+        for top, p_top, p in zip(found.top, found.p_top, found.p, strict=True)
     ]  # fmt: skip
 
 
-def _edit_hparams(args: argparse.Namespace, lm, req) -> Any:
-    """The edit's hyperparameters: the preset with the command's overrides, and for a model without a preset layer
-    the MLP peak of a causal trace of the request at its last subject token (said, with how to choose another)."""
-    from .editing import hparams_for
+def _mlp_trace(lm, req) -> Any:
+    """A causal trace of the request's MLP states at its last subject token (where `edit` finds a layer)."""
     from .tracing import trace
 
-    hp = hparams_for(lm.name, lm.config.family).override(**_edit_overrides(args))
-    if hp.layer is None:
-        subjects, _ = _noise_subjects(_say)
-        found = trace(lm, req.text, req.subject, kind="mlp", noise_subjects=subjects, token_range="subject_last")
-        hp = hp.override(layer=_peak_layer(found))
-        _say(f"no preset layer for {lm.name}: layer {hp.layer}, the MLP peak of a causal trace at the last subject "
-             "token (--layer N chooses another)")  # fmt: skip
-    return hp
+    subjects, _ = _noise_subjects(_say)
+    return trace(lm, req.text, req.subject, kind="mlp", noise_subjects=subjects, token_range="subject_last")
 
 
 def _edit_overrides(args: argparse.Namespace) -> dict:
@@ -405,7 +407,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     get_method("rome").check_overrides(_edit_overrides(args))  # before the model loads
     lm = _load_model(args)
     targets = target_ids(lm, req)  # the request against the tokenizer, before the statistics
-    hp, stats = _key_statistics(lm, _edit_hparams(args, lm, req), _say, fallback=False)
+    hp, stats = _rome_setup(lm, _edit_overrides(args), _say, mlp_trace=lambda: _mlp_trace(lm, req),
+                            choose="--layer N", fallback=False)  # fmt: skip
     prompts = [req.text, *(check.replace("{}", req.subject) for check in args.check)]
     probe = _fact_rows(lm, [req.text], 0, 0)[0]
     old = lm.tokenizer(probe["top"], add_special_tokens=False)["input_ids"][0]
@@ -546,19 +549,19 @@ class _Help(argparse.HelpFormatter):
         return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jrome", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The options every command that loads a model takes."""
+    p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a hub id, or a .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter precision")
+    p.add_argument(
+        "--mesh",
+        help="shard over data x model devices, e.g. 'data=2,model=3' (model divides heads, kv heads and the MLP "
+        "width; data splits trace samples)",
+    )
 
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a hub id, or a .gguf file")
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter precision")
-        p.add_argument(
-            "--mesh",
-            help="shard over data x model devices, e.g. 'data=2,model=3' (model divides heads, kv heads and the MLP "
-            "width; data splits trace samples)",
-        )
 
+def _add_demo(sub: Any) -> None:
+    """The `demo` subcommand and its options."""
     p = sub.add_parser(
         "demo", formatter_class=_Help, help="trace and edit a fact on the embedded model (the README's first command)"
     )
@@ -570,30 +573,38 @@ def build_parser() -> argparse.ArgumentParser:
     hparam_arg(p)
     p.set_defaults(run=cmd_demo)
 
+
+def _add_predict(sub: Any) -> None:
+    """The `predict` subcommand and its options."""
     p = sub.add_parser("predict", formatter_class=_Help, help="top next-token predictions for prompts")
-    model_args(p)
+    _model_args(p)
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--top", type=count(), default=5, help="predictions shown per prompt (>= 1)")
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(run=cmd_predict)
 
-    def trace_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--samples", type=count(), default=10, help="noise samples per corruption (>= 1)")
-        p.add_argument(
-            "--noise", type=noise_arg, default="s3",
-            help="s3 (3 x std of the subjects' token embeddings) or a positive float scale",
-        )  # fmt: skip
-        p.add_argument("--window", type=count(), default=10, help="layers restored together for mlp/attn kinds (>= 1)")
-        p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
-        p.add_argument("--max-batch-bytes", type=byte_size, help="device memory a trace call may fill, e.g. 8G "
-                       "(default: half of what the parameters leave free)")  # fmt: skip
 
+def _trace_args(p: argparse.ArgumentParser) -> None:
+    """The options `trace` and `trace-dataset` share."""
+    p.add_argument("--samples", type=count(), default=10, help="noise samples per corruption (>= 1)")
+    p.add_argument(
+        "--noise", type=noise_arg, default="s3",
+        help="s3 (3 x std of the subjects' token embeddings) or a positive float scale",
+    )  # fmt: skip
+    p.add_argument("--window", type=count(), default=10, help="layers restored together for mlp/attn kinds (>= 1)")
+    p.add_argument("--seed", type=int, default=1, help="seed of numpy's RandomState that draws the noise")
+    p.add_argument("--max-batch-bytes", type=byte_size, help="device memory a trace call may fill, e.g. 8G "
+                   "(default: half of what the parameters leave free)")  # fmt: skip
+
+
+def _add_trace(sub: Any) -> None:
+    """The `trace` subcommand and its options."""
     p = sub.add_parser("trace", formatter_class=_Help, help="causal trace of one prompt (paper Fig. 1)")
-    model_args(p)
+    _model_args(p)
     p.add_argument("--prompt", required=True, help="the fact's prompt, with the subject written in")
     p.add_argument("--subject", required=True, help="the subject, as it appears in the prompt")
     p.add_argument("--kind", default="all", choices=["all", "hidden", "mlp", "attn"], help="which states are restored")
-    trace_args(p)
+    _trace_args(p)
     p.add_argument("--uniform", action="store_true", help="uniform noise instead of Gaussian")
     p.add_argument("--replace", action="store_true", help="replace the subject embeddings by the noise")
     p.add_argument("--answer", help="score this answer's first token, not the prediction ('Paris' is ' Paris')")
@@ -606,25 +617,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_trace)
 
+
+def _add_trace_dataset(sub: Any) -> None:
+    """The `trace-dataset` subcommand and its options."""
     p = sub.add_parser(
         "trace-dataset", formatter_class=_Help, help="average indirect effects over known facts (paper Fig. 2)"
     )
-    model_args(p)
+    _model_args(p)
     p.add_argument("--facts", default="known_1000", help="known_1000 (fetched on first use) or a JSON path")
     p.add_argument("--n", type=count(), help="trace the first N facts (>= 1; default: all)")
     p.add_argument(
         "--kinds", nargs="+", default=["hidden", "mlp", "attn"], choices=["hidden", "mlp", "attn"],
         help="which states are restored",
     )  # fmt: skip
-    trace_args(p)
+    _trace_args(p)
     p.add_argument("--sever", nargs="+", choices=["mlp", "attn"], help="also trace h with that severed (Fig. 3)")
     p.add_argument("--out", required=True, help="folder for per-fact results (resumable) and the summary")
     p.set_defaults(run=cmd_trace_dataset)
 
+
+def _add_edit(sub: Any) -> None:
+    """The `edit` subcommand and its options."""
     p = sub.add_parser(
         "edit", formatter_class=_Help, help="rewrite a fact with ROME and compare predictions before and after"
     )
-    model_args(p)
+    _model_args(p)
     p.add_argument("--prompt", required=True, help='the fact\'s prompt, "{}" where the subject goes')
     p.add_argument("--subject", required=True, help="the subject, as it appears where {} is")
     p.add_argument("--target", required=True, help="the new object ('Rome' is scored as ' Rome')")
@@ -644,10 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing --save/--export-hf folders")
     p.set_defaults(run=cmd_edit)
 
+
+def _add_eval(sub: Any) -> None:
+    """The `eval` subcommand and its options."""
     p = sub.add_parser(
         "eval", formatter_class=_Help, help="evaluate an editing method on CounterFact or zsRE (resumable)"
     )
-    model_args(p)
+    _model_args(p)
     p.add_argument("--method", required=True, help="none, rome, r-rome, ft, ft-l, memit or alphaedit")
     p.add_argument("--dataset", required=True, help="counterfact, zsre, or a JSON file in either format")
     p.add_argument("--n", type=count(), help="evaluate the first N cases (>= 1; default: all)")
@@ -691,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(run=cmd_eval)
 
+
+def _add_data(sub: Any) -> None:
+    """The `data` subcommand and its options."""
     p = sub.add_parser(
         "data", formatter_class=_Help,
         help="fetch the paper's datasets, published key statistics and corpora into the cache ($JROME_CACHE_DIR)",
@@ -705,14 +728,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_data)
 
+
+def _add_generate(sub: Any) -> None:
+    """The `generate` subcommand and its options."""
     p = sub.add_parser("generate", formatter_class=_Help, help="continue prompts, greedily or by sampling")
-    model_args(p)
+    _model_args(p)
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--max-new-tokens", type=count(), default=30, help="tokens to add (>= 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
     p.add_argument("--top-k", type=count(), help="sample from the k most likely (>= 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     p.set_defaults(run=cmd_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `jrome` parser: one subparser per command, each built by its _add_ function."""
+    parser = argparse.ArgumentParser(prog="jrome", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_demo,
+        _add_predict,
+        _add_trace,
+        _add_trace_dataset,
+        _add_edit,
+        _add_eval,
+        _add_data,
+        _add_generate,
+    ):
+        add(sub)
     return parser
 
 

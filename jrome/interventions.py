@@ -97,7 +97,7 @@ class Interventions:
 
     embed_add: [(B,) T, D] added to the token embeddings (causal tracing's noise).
     resid: replaces the residual stream after a layer. attn / mlp: replace a module's output.
-    mlp_add: adds to the MLP output (ROME's v* search).
+    mlp_add: adds to the MLP output (ROME's v* site). resid_add: adds to the residual after a layer (MEMIT's).
     row_edits: rank-one changes of the MLP output projection, per row (several edited models in one forward).
     capture: names from CAPTURES to return, stacked over layers as [L, B, T, ...].
     """
@@ -107,6 +107,7 @@ class Interventions:
     attn: Patch | None = None
     mlp: Patch | None = None
     mlp_add: Patch | None = None
+    resid_add: Patch | None = None
     row_edits: RowEdits | None = None
     capture: tuple[str, ...] = struct.field(pytree_node=False, default=())
 

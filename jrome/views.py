@@ -57,7 +57,7 @@ def interventions_repr(iv: Any, path: str | None, subtree_renderer: Any) -> Any:
         noise = np.asarray(iv.embed_add, np.float32)
         noise = noise.reshape(-1, noise.shape[-1]) if noise.ndim == 2 else noise[0]
         fields["embed_add"] = heatmap(noise, ["token", "d_model"])
-    for site in ("resid", "attn", "mlp", "mlp_add"):
+    for site in ("resid", "attn", "mlp", "mlp_add", "resid_add"):
         patch = getattr(iv, site)
         if patch is not None:
             fields[site] = _patch(patch)

@@ -20,7 +20,7 @@ import jrome.data as data
 from jrome.cli import main
 from jrome.corpus import open_corpus
 from jrome.editing import MemitHparams, RomeHparams, key_statistics
-from jrome.editing.stats import statistics_for
+from jrome.editing.published import statistics_for
 from jrome.evaluation import load_dataset
 
 WIKITEXT_2 = "datasets/Salesforce/wikitext/resolve/" + COMMIT + "/wikitext-2-v1/"

@@ -85,13 +85,16 @@ def test_gradients_flow_through_an_additive_mlp_intervention(lm, ids):
     np.testing.assert_allclose(float(numeric), float(jnp.vdot(grad, direction)), rtol=1e-2)
 
 
-def test_additive_intervention_adds_to_the_mlp_output(lm, ids):
+@pytest.mark.parametrize(("site", "read"), [("mlp_add", "mlp"), ("resid_add", "resid")])
+def test_additive_interventions_add_to_their_site(lm, ids, site, read):
+    """mlp_add adds to the MLP output (ROME's v* site), resid_add to the residual after the layer (MEMIT's)."""
     base = clean(lm, ids)
     delta = jnp.linspace(-1, 1, lm.config.d_model)
-    out = jrome.forward(lm, ids, interventions=Interventions(mlp_add=Patch.at(2, 3, delta), capture=("mlp",)))
+    out = jrome.forward(lm, ids, interventions=Interventions(**{site: Patch.at(2, 3, delta)}, capture=(read,)))
     np.testing.assert_allclose(
-        np.asarray(out.captured["mlp"][2, :, 3]), np.asarray(base.captured["mlp"][2, :, 3] + delta), atol=1e-6
+        np.asarray(out.captured[read][2, :, 3]), np.asarray(base.captured[read][2, :, 3] + delta), atol=1e-6
     )
+    np.testing.assert_array_equal(np.asarray(out.captured[read][:2]), np.asarray(base.captured[read][:2]))
 
 
 def test_embedding_noise_only_reaches_later_tokens(lm, ids):

@@ -13,7 +13,7 @@ from jrome.compilation import CompileLog
 from jrome.editing import alphaedit
 from jrome.editing.hparams import AlphaEditHparams, MemitHparams, RomeHparams
 from jrome.editing.sequential import AlphaEditor, MemitEditor, RomeEditor, fold, load_state, save_state
-from jrome.editing.stats import KeyStats
+from jrome.editing.solver import KeyStats
 from jrome.editing.undo import down_kernel
 
 # Two batches of one shape: the same prompt, three-word subjects and one-word targets (the tiny vocabulary's words).
@@ -140,7 +140,7 @@ def test_memits_batch_protocol_and_a_sequential_run_with_its_curve_and_resume(ti
     cases = load_dataset(tmp_path / "cf.json")
     common = {"hparams": MEMIT_SMALL, "max_out_len": 0, "ppl_tokens": 256, "progress": False}
     run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "chunks", num_edits=2, **common)
-    editor = methods.METHODS["memit"].prepare(lm, tmp_path / "chunks", MEMIT_SMALL, 0, progress=False)
+    editor = methods.METHODS["memit"].prepare(lm, tmp_path / "chunks", MEMIT_SMALL, seed=0, progress=False)
 
     def read(name: str) -> list[dict]:
         return [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]

@@ -13,7 +13,8 @@ import jrome
 import jrome.editing.stats as stats_module
 from jrome.corpus import open_corpus
 from jrome.editing import edit, key_statistics, read_layer_stats
-from jrome.editing.stats import layer_stats_name
+from jrome.editing.published import layer_stats_name
+from jrome.editing.windows import corpus_windows
 
 CORPUS = "the eiffel tower is located in paris\nthe big old museum and the river\n" * 40
 
@@ -35,7 +36,7 @@ def direct(lm, layer, windows):
 def test_statistics_equal_a_direct_computation_for_several_layers_in_one_pass(tiny_lm, corpus):
     lm = tiny_lm("llama")
     result = key_statistics(lm, [0, 2], corpus, n_tokens=200, window=16, batch_size=4, cache=False, progress=False)
-    windows = stats_module.corpus_windows(lm.tokenizer, open_corpus(corpus).pieces(), 200, 16)
+    windows = corpus_windows(lm.tokenizer, open_corpus(corpus).pieces(), 200, 16)
     assert result[0].count == result[2].count == windows.size == 208
     for layer in (0, 2):
         ref = direct(lm, layer, windows)  # float32 sums of 208 products: compare relative to the largest entry

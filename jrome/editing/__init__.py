@@ -3,9 +3,11 @@ MEMIT, AlphaEdit, streams of batches (sequential), fine-tuning baselines, and th
 
 from . import alphaedit, memit, rome, sequential
 from .hparams import AlphaEditHparams, MemitHparams, RomeHparams, hparams_for, load_preset, presets
+from .published import read_layer_stats
 from .requests import Request
 from .rome import Edit, edit
-from .stats import KeyStats, key_statistics, read_layer_stats
+from .solver import KeyStats
+from .stats import key_statistics
 from .undo import Undo
 
 __all__ = [

@@ -23,7 +23,7 @@ from ..models.lm import LM
 from . import memit
 from .hparams import AlphaEditHparams
 from .requests import Request
-from .stats import KeyStats
+from .solver import KeyStats
 from .undo import Undo
 
 

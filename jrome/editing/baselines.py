@@ -13,7 +13,7 @@ import dataclasses
 import json
 from functools import partial
 from importlib import resources
-from typing import Any
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ from ..interventions import Interventions
 from ..models.config import ModelConfig
 from ..models.forward import forward_tokens
 from ..models.lm import LM
-from .hparams import checked_fields
+from .hparams import Hparams, preset_name, presets
 from .requests import Request, target_ids
 from .undo import down_kernel, with_down_kernel
 
@@ -33,7 +33,7 @@ FT_METHODS = ("ft", "ft-l")
 
 
 @dataclasses.dataclass(frozen=True)
-class FTHparams:
+class FTHparams(Hparams):
     """The original's FTHyperParams for one layer: Adam (lr, L2 weight_decay) for num_steps at most;
     norm_constraint=None is plain FT, a number is FT-L's L∞ bound."""
 
@@ -42,6 +42,7 @@ class FTHparams:
     lr: float = 5e-4
     weight_decay: float = 0.0
     norm_constraint: float | None = None
+    METHOD: ClassVar[str] = "FT"
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.lr <= 0 or self.weight_decay < 0:
@@ -52,33 +53,15 @@ class FTHparams:
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             raise ValueError(f"norm_constraint must be positive or None (unconstrained), got {self.norm_constraint}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FTHparams:
-        """From a dict of fields; unknown names are an error that lists the known ones."""
-        return cls(**checked_fields(cls, d, "FT"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def override(self, **changes: Any) -> FTHparams:
-        return FTHparams.from_dict(self.to_dict() | changes)
-
-
-def ft_presets() -> list[str]:
-    """Names of the shipped FT presets: models (e.g. 'gpt2-xl') and families ('llama', ...)."""
-    folder = resources.files("jrome").joinpath("hparams/ft")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
-
 
 def ft_hparams_for(model_name: str, family: str, method: str = "ft") -> FTHparams:
     """The FT ("ft") or FT-L ("ft-l") preset for this model (matched on its name's last part), else its family's."""
     if method not in FT_METHODS:
         raise ValueError(f"unknown fine-tuning method {method!r}; accepted: {', '.join(FT_METHODS)}")
-    base = model_name.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
-    name = base if base in ft_presets() else family
-    if name not in ft_presets():
+    name = preset_name(model_name, family, "ft")
+    if name not in presets("ft"):
         raise ValueError(
-            f"no FT preset for {model_name!r} or its family {family!r}; presets: {', '.join(ft_presets())}"
+            f"no FT preset for {model_name!r} or its family {family!r}; presets: {', '.join(presets('ft'))}"
         )
     preset = json.loads(resources.files("jrome").joinpath(f"hparams/ft/{name}.json").read_text())
     return FTHparams.from_dict(preset[method])

@@ -38,8 +38,28 @@ def checked_fields(cls: type, d: dict[str, Any], method: str) -> dict[str, Any]:
     return d
 
 
+class Hparams:
+    """from_dict, to_dict and override, as every method's frozen hyperparameter dataclass has them (METHOD names
+    the method in errors)."""
+
+    METHOD: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """From a dict of fields (unknown names are an error; lists become tuples)."""
+        return cls(**checked_fields(cls, d, cls.METHOD))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (what a run saves)."""
+        return dataclasses.asdict(self)
+
+    def override(self, **changes: Any) -> Any:
+        """A copy with some fields changed, checked as from_dict checks them."""
+        return type(self).from_dict(self.to_dict() | changes)
+
+
 @dataclasses.dataclass(frozen=True)
-class RomeHparams:
+class RomeHparams(Hparams):
     """What one ROME edit needs to know. Field meanings follow the paper's implementation."""
 
     layer: int | None  # the MLP whose output projection is edited; None: choose it from a causal trace
@@ -60,6 +80,7 @@ class RomeHparams:
     context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))  # (tokens, how many)
     context_templates: tuple[str, ...] | None = None  # explicit templates ("... {}") instead of generated ones
     rrome: bool = False  # r-ROME: the template-averaged key also in the closed form's denominator and W k
+    METHOD: ClassVar[str] = "ROME"
 
     def __post_init__(self) -> None:
         if self.fact_token not in FACT_TOKENS:
@@ -71,20 +92,9 @@ class RomeHparams:
         if self.mom2_regularize < 0:
             raise ValueError(f"mom2_regularize must be non-negative, got {self.mom2_regularize}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RomeHparams:
-        """From a dict of fields (unknown names are an error; lists become tuples)."""
-        return cls(**checked_fields(cls, d, "ROME"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def override(self, **changes: Any) -> RomeHparams:
-        return RomeHparams.from_dict(self.to_dict() | changes)
-
 
 @dataclasses.dataclass(frozen=True)
-class MemitHparams:
+class MemitHparams(Hparams):
     """MEMIT: the facts' residual targets are found at the last of `layers` (ROME's v* search on the residual)
     and the change is spread over the MLP output projections of all of them."""
 
@@ -119,17 +129,6 @@ class MemitHparams:
             raise ValueError(f"v_num_grad_steps must be at least 1, got {self.v_num_grad_steps}")
         _check_templates(self.context_templates)
         _check_stats_size(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        """From a dict of fields (unknown names are an error; lists become tuples)."""
-        return cls(**checked_fields(cls, d, cls.METHOD))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def override(self, **changes: Any) -> Any:
-        return type(self).from_dict(self.to_dict() | changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +190,22 @@ def load_preset(name: str, method: str = "rome") -> Any:
     return METHOD_HPARAMS[method].from_dict(fields)
 
 
+def preset_name(model_name: str, family: str, method: str) -> str:
+    """The preset of `method` a model uses: its own (matched on the last part of its name or hub id), else its
+    family's."""
+    base = model_name.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+    return base if base in presets(method) else family
+
+
 def hparams_for(model_name: str, family: str, method: str = "rome") -> Any:
     """The preset for this model (matched on the last part of its name or hub id), else its family's."""
-    base = model_name.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
-    return load_preset(base if base in presets(method) else family, method)
+    return load_preset(preset_name(model_name, family, method), method)
+
+
+def given_or_preset(lm: Any, hparams: Any, kind: type, method: str) -> Any:
+    """An edit's hyperparameters: `hparams` itself when it is a `kind`, else the model's preset of `method` with
+    hparams (a dict of overrides, or None) over it. The caller checks them against the model."""
+    if isinstance(hparams, kind):
+        return hparams
+    hp = hparams_for(lm.name, lm.config.family, method)
+    return hp.override(**hparams) if hparams else hp

@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..interventions import Interventions
 from ..models.config import ModelConfig
-from ..models.forward import Rows, embed, positions_from_mask, run_layers
+from ..models.forward import activations_below
 from ..models.lm import LM
 from ..tokens import encode, fact_index
 from .requests import Request
@@ -23,10 +22,7 @@ def _read(
     cfg: ModelConfig, params: dict, ids: jax.Array, mask: jax.Array, layer: int, site: str, cols: jax.Array
 ) -> jax.Array:
     """[B, width of site]: `site` ("mlp_key" or "resid") of `layer` at one column per row; layers above not run."""
-    positions = positions_from_mask(mask)
-    h = embed(cfg, params, ids, positions)
-    rows = Rows.causal(cfg, mask)
-    _, acts = run_layers(cfg, params["blocks"], h, rows=rows, iv=Interventions(capture=(site,)), stop=layer + 1)
+    acts = activations_below(cfg, params, ids, mask, (site,), layer + 1)
     return acts[site][-1][jnp.arange(ids.shape[0]), cols]
 
 

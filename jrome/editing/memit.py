@@ -28,10 +28,11 @@ import jax
 import numpy as np
 
 from ..models.lm import LM
-from .hparams import MemitHparams, hparams_for
+from .hparams import MemitHparams, given_or_preset
 from .keys import grouped_keys, read_at_fact
+from .published import statistics_for
 from .requests import Request, parse_requests
-from .stats import KeyStats, statistics_for
+from .solver import KeyStats
 from .templates import memit_templates, template_groups
 from .undo import RankOne, Undo, add_to_layer, down_kernel, with_down_kernel
 from .vsearch import search
@@ -72,12 +73,7 @@ def rank_one(undo: Undo) -> RankOne:
 def resolve_hparams(lm: LM, hparams: MemitHparams | dict | None, method: str = "memit") -> Any:
     """The hyperparameters of a MEMIT (or AlphaEdit) edit: given, or this model's preset of `method` with the given
     overrides; checked."""
-    if isinstance(hparams, MemitHparams):
-        hp = hparams
-    else:
-        hp = hparams_for(lm.name, lm.config.family, method)
-        if hparams:
-            hp = hp.override(**hparams)
+    hp = given_or_preset(lm, hparams, MemitHparams, method)
     if hp.layers is None:
         raise ValueError(
             f"no {hp.METHOD} layers for {lm.name or lm.config.family!r}: pass hparams={{'layers': [...]}}, a few "

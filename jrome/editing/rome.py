@@ -22,10 +22,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..models.lm import LM
-from .hparams import RomeHparams, hparams_for
+from .hparams import RomeHparams, given_or_preset
 from .keys import template_keys
+from .published import read_layer_stats, statistics_for
 from .requests import Request, parse_requests
-from .stats import KeySolver, KeyStats, read_layer_stats, statistics_for
+from .solver import KeySolver, KeyStats
 from .templates import rome_templates
 from .undo import RankOne, Undo, down_kernel
 from .vsearch import search
@@ -97,12 +98,7 @@ def resolve_stats(
 
 def resolve_hparams(lm: LM, hparams: RomeHparams | dict | None) -> RomeHparams:
     """The hyperparameters of an edit: given, or this model's preset with the given overrides; checked."""
-    if isinstance(hparams, RomeHparams):
-        hp = hparams
-    else:
-        hp = hparams_for(lm.name, lm.config.family)
-        if hparams:
-            hp = hp.override(**hparams)
+    hp = given_or_preset(lm, hparams, RomeHparams, "rome")
     if hp.layer is None:
         raise ValueError(
             f"no ROME layer for {lm.name or lm.config.family!r}: pass hparams={{'layer': N}}, choosing N from a causal "
@@ -118,22 +114,32 @@ def context_templates(lm: LM, hp: RomeHparams, seed: int = 0, progress: bool = F
     return hp.context_templates or rome_templates(lm, hp.context_template_length_params, seed, progress)
 
 
-def _setup(
-    lm: LM, hparams: RomeHparams | dict | None, stats: Any, seed: int, progress: bool
-) -> tuple[RomeHparams, KeySolver, tuple[str, ...]]:
-    """An edit's hyperparameters, its C⁻¹ solver and its context templates."""
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What `edit` and `edit_each` read from their arguments: the checked requests and their target ids, the
+    hyperparameters, the C⁻¹ solver and the context templates."""
+
+    reqs: list[Request]
+    targets: list[list[int]]
+    hp: RomeHparams
+    solve: KeySolver
+    templates: tuple[str, ...]
+
+
+def _setup(lm: LM, requests: Any, hparams: RomeHparams | dict | None, stats: Any, seed: int, progress: bool) -> _Setup:
+    """The requests checked (before any slow step), then the hyperparameters, statistics and templates."""
+    reqs, targets = parse_requests(lm, requests, "ROME")
     hp = resolve_hparams(lm, hparams)
     solve = KeySolver(resolve_stats(lm, hp, hp.layer, stats, progress), lm.config.d_mlp, hp.mom2_regularize)
-    return hp, solve, context_templates(lm, hp, seed, progress)
+    return _Setup(reqs, targets, hp, solve, context_templates(lm, hp, seed, progress))
 
 
 def _compute(
     lm: LM,
     reqs: Sequence[Request],
     targets: Sequence[Sequence[int]],
-    hp: RomeHparams,
-    solve: KeySolver,
-    templates: tuple[str, ...],
+    setup: _Setup,
+    *,
     fast: bool,
     progress: str | None = None,
     per_program: int = 8,
@@ -141,6 +147,7 @@ def _compute(
     """The edits of `reqs`, each computed from `lm` alone (their v* searches batched, `per_program` requests per
     program); progress: a bar's title."""
     start = time.perf_counter()
+    hp, solve, templates = setup.hp, setup.solve, setup.templates
     layer = hp.layer
     keys = [template_keys(lm, req, (*templates, "{}"), layer, hp.fact_token) for req in reqs]
     deltas, v_inits, losses = search(lm, reqs, templates, targets, layer, hp, fast=fast, progress=progress,
@@ -185,12 +192,12 @@ def edit(
     Each request is computed on the model the earlier ones edited, as the original applies a list of requests;
     for edits of the unedited model each, see `edit_each`.
     """
-    reqs, targets = parse_requests(lm, requests, "ROME")
-    hp, solve, templates = _setup(lm, hparams, stats, seed, progress)
+    setup = _setup(lm, requests, hparams, stats, seed, progress)
     edits, current = [], lm
-    steps = tqdm(zip(reqs, targets, strict=True), f"ROME v* search at layer {hp.layer}", len(reqs), disable=not progress)  # fmt: skip
+    steps = tqdm(zip(setup.reqs, setup.targets, strict=True), f"ROME v* search at layer {setup.hp.layer}",
+                 len(setup.reqs), disable=not progress)  # fmt: skip
     for req, target_ids in steps:
-        (e,) = _compute(current, [req], [target_ids], hp, solve, templates, fast)
+        (e,) = _compute(current, [req], [target_ids], setup, fast=fast)
         current, _ = apply(current, e)
         edits.append(e)
     return current, Undo(tuple(edits))
@@ -214,7 +221,6 @@ def edit_each(
 
     Other arguments as for `edit`.
     """
-    reqs, targets = parse_requests(lm, requests, "ROME")
-    hp, solve, templates = _setup(lm, hparams, stats, seed, progress)
-    title = f"ROME v* searches at layer {hp.layer}" if progress else None
-    return tuple(_compute(lm, reqs, targets, hp, solve, templates, fast, title, per_program))
+    setup = _setup(lm, requests, hparams, stats, seed, progress)
+    title = f"ROME v* searches at layer {setup.hp.layer}" if progress else None
+    return tuple(_compute(lm, setup.reqs, setup.targets, setup, fast=fast, progress=title, per_program=per_program))

@@ -29,7 +29,7 @@ from ..models.lm import LM
 from . import alphaedit, memit, rome
 from .hparams import AlphaEditHparams, MemitHparams, RomeHparams
 from .requests import Request
-from .stats import KeyStats
+from .solver import KeyStats
 from .undo import Undo, down_kernel, with_down_kernel
 
 Batch = Sequence[Request | dict]

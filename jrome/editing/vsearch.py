@@ -9,9 +9,9 @@ with early stop once the loss is below 5e-2, and δ projected back into the ball
 clamp_norm_factor · ‖v_init‖ after every step — all as in the original code. The whole search is one jitted
 `lax.while_loop`, over the K requests of a batch at once: their prompts are rows of one forward, each row adds
 its own request's δ, and each request keeps its own loss, early stop and clamp (Adam is elementwise, so this is
-K separate searches computed together). `optimise_v` computes each step only where δ can change anything;
-`optimise_v_reference` is the straightforward version (a full forward with an additive intervention per step),
-for checks.
+K separate searches computed together). `optimise_v` computes each step only where δ can change anything, or, with
+fast=False, the straightforward way (a full forward per step), for checks; both add δ through the same additive
+interventions (`at_site`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from ..models.config import ModelConfig
 from ..models.forward import (
     Context,
     Rows,
+    embed,
     forward_tokens,
-    norm,
     positions_from_mask,
     rope_tables,
     run_layers,
@@ -94,7 +94,7 @@ class VBatch:
         return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
 
     def arrays(self, fast: bool = True) -> dict[str, np.ndarray]:
-        """What optimise_v (fast) or optimise_v_reference reads."""
+        """What optimise_v reads (with `rows` when fast)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return fields | ({"rows": self.rows} if fast else {})
 
@@ -219,7 +219,113 @@ def adam_search(
     return delta, losses
 
 
-STATIC = ("cfg", "layer", "hp", "site", "nll_layer")
+SITES = ("mlp", "resid")
+"""Where δ is added: ROME's site, the MLP output (v_init is the MLP output, v* = v_init + δ), or MEMIT's, the residual
+after the layer (v_init is the residual, the target z = v_init + δ). On Gemma 2 and 3 the MLP output passes a norm
+before it joins the residual, so the two differ."""
+
+STATIC = ("cfg", "layer", "hp", "nll_layer", "fast")
+
+
+def at_site(site: jax.Array, layer: int, cols: jax.Array, delta: jax.Array) -> Interventions:
+    """δ [B, D] added at `layer` in column cols [B] of each row, at SITES[site]. The other site's write is switched
+    off (layer -1), so the site is data and one compiled search serves both."""
+    layers = jnp.where(jnp.arange(len(SITES)) == site, layer, -1).astype(jnp.int32)
+    mlp_add, resid_add = (Patch(layers[i : i + 1], cols[None], delta[None]) for i in range(len(SITES)))
+    return Interventions(mlp_add=mlp_add, resid_add=resid_add)
+
+
+def _unedited(
+    cfg: ModelConfig, params: dict, batch: dict[str, jax.Array], layer: int, site: jax.Array, capture: tuple[str, ...]
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """The unedited run's activations (both sites and `capture`, every layer), and each request's v_init [K, D]:
+    SITES[site] at `layer`, read at its first row's fact column."""
+    iv = Interventions().capturing(*SITES, *capture)
+    fact_cols, first = batch["fact_cols"], batch["first_rows"]
+    captured = forward_tokens(cfg, params, batch["ids"], batch["mask"], iv, fact_cols[:, None]).captured
+    v_init = jnp.stack([captured[name][layer, first, fact_cols[first]] for name in SITES])[site]
+    return captured, v_init
+
+
+def _layer_input(
+    cfg: ModelConfig, params: dict, batch: dict[str, jax.Array], resid: jax.Array, layer: int
+) -> jax.Array:
+    """[B, 1, D]: the unedited residual entering `layer` at each row's fact column (the embeddings for layer 0)."""
+    cols = batch["fact_cols"][:, None]
+    if layer > 0:
+        return jnp.take_along_axis(resid[layer - 1], cols[..., None], axis=1)
+    positions = jnp.take_along_axis(positions_from_mask(batch["mask"]), cols, axis=1)
+    return embed(cfg, params, jnp.take_along_axis(batch["ids"], cols, axis=1), positions)
+
+
+def _fast_log_probs(
+    cfg: ModelConfig,
+    params: dict,
+    batch: dict[str, jax.Array],
+    captured: dict[str, jax.Array],
+    *,
+    layer: int,
+    site: jax.Array,
+    nll_layer: int | None,
+) -> LogProbs:
+    """log_probs(δ) of the v* search (see adam_search), computed only where δ can change anything.
+
+    `layer` runs at the fact columns alone (δ enters there); the layers above run at the columns from each row's
+    fact token on (`rows` [B, R], see VBatch.rows), attending to a cache of the unedited run's earlier columns; logits
+    only at the columns the loss reads. Layers' weights are sliced once, outside the Adam loop."""
+    ids, mask, fact_cols, out_cols, rows = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols", "rows"))
+    valid = rows >= fact_cols[:, None] + jnp.arange(rows.shape[1])[None]  # clipped positions are padding
+    positions = jnp.take_along_axis(positions_from_mask(mask), rows, axis=1)
+    run = Rows(rows, rope_tables(cfg, positions), jnp.tril(jnp.ones((rows.shape[1],) * 2, bool))[None] & valid[:, None])
+    fact = Rows(rows[:, :1], jax.tree.map(lambda a: a[:, :1], run.rope), run.self_mask[:, :1, :1])
+    ctx_mask = (jnp.arange(ids.shape[1])[None, None, :] < fact_cols[:, None, None]) & mask.astype(bool)[:, None, :]
+    blocks = unstack(params["blocks"], layer, cfg.n_layers)
+    entering = _layer_input(cfg, params, batch, captured["resid"], layer)
+    start = jnp.take_along_axis(captured["resid"][layer], rows[..., None], axis=1)
+    picks = (out_cols - fact_cols[:, None])[..., None]
+    mid = cfg.n_layers if nll_layer is None else nll_layer + 1
+
+    def segment(h: jax.Array, rows: Rows, first: int, stop: int, iv: Interventions) -> jax.Array:
+        ctx = Context(captured["attn_k"][first:stop], captured["attn_v"][first:stop], ctx_mask)
+        blocks_here = blocks[first - layer : stop - layer]
+        return run_layers(cfg, blocks_here, h, rows=rows, iv=iv, first=first, stop=stop, ctx=ctx)[0]
+
+    def read(h: jax.Array) -> jax.Array:
+        return jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h, picks, axis=1)), axis=-1)
+
+    def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        edited = segment(entering, fact, layer, layer + 1, at_site(site, layer, fact_cols, delta[batch["owner"]]))
+        h_mid = segment(start.at[:, :1].set(edited), run, layer + 1, mid, Interventions())
+        final = read(segment(h_mid, run, mid, cfg.n_layers, Interventions()))
+        return (final if nll_layer is None else read(h_mid)), final[:, 0]
+
+    return log_probs
+
+
+def _full_log_probs(
+    cfg: ModelConfig,
+    params: dict,
+    batch: dict[str, jax.Array],
+    captured: dict[str, jax.Array],
+    *,
+    layer: int,
+    site: jax.Array,
+    nll_layer: int | None,
+) -> LogProbs:
+    """log_probs(δ) done the straightforward way, for checks: every step a full forward with δ added by at_site."""
+    ids, mask, fact_cols, out_cols = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols"))
+
+    def pick(x: jax.Array) -> jax.Array:
+        return jax.nn.log_softmax(jnp.take_along_axis(x, out_cols[..., None], axis=1), axis=-1)
+
+    def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        iv = at_site(site, layer, fact_cols, delta[batch["owner"]]).capturing("resid")
+        out = forward_tokens(cfg, params, ids, mask, iv, None)
+        final = pick(out.logits)
+        nll = final if nll_layer is None else pick(unembed(cfg, params, out.captured["resid"][nll_layer]))
+        return nll, final[:, 0]
+
+    return log_probs
 
 
 @partial(jax.jit, static_argnames=STATIC)
@@ -229,92 +335,20 @@ def optimise_v(
     batch: dict[str, jax.Array],
     *,
     layer: int,
+    site: jax.Array,
     hp: Settings,
-    site: str = "mlp",
     nll_layer: int | None = None,
+    fast: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The v* search of K requests, computing each step only where δ can change anything: (δ [K, D], v_init [K, D],
-    losses [K, steps, 4]).
+    """The v* search of K requests with δ added at SITES[site] of `layer` (see at_site): (δ [K, D], v_init [K, D],
+    losses [K, steps, 4]). fast: each step computed only where δ can change anything (_fast_log_probs), else
+    the straightforward way (_full_log_probs).
 
-    batch: VBatch.arrays(). δ is added to layer's MLP output at the fact columns, which is adding it to the
-    residual after the layer; so the same search serves ROME (site="mlp": v_init is the MLP output,
-    v* = v_init + δ) and MEMIT (site="resid": v_init is the residual, the target z = v_init + δ). nll_layer
-    (MEMIT's v_loss_layer) reads the NLL from that layer's residual through the final norm and head; None reads
-    the model's logits (ROME always does). The KL term always reads the model's logits.
-
-    Each step runs only the layers above `layer`, only the columns from each row's fact token on (`rows` [B, R],
-    see VBatch.rows; earlier columns attend from a cache of the unedited run), and computes logits only at the
-    columns the loss reads. The weights of those layers are sliced once, outside the Adam loop.
-    """
-    ids, mask, fact_cols, out_cols, rows = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols", "rows"))
-    t = ids.shape[1]
-    base = forward_tokens(cfg, params, ids, mask, Interventions(capture=("resid", "mlp", "attn_k", "attn_v")), None)
-    v_init = base.captured[site][layer, batch["first_rows"], fact_cols[batch["first_rows"]]]
-    valid = rows >= fact_cols[:, None] + jnp.arange(rows.shape[1])[None]  # clipped positions are padding
-    positions = jnp.take_along_axis(positions_from_mask(mask), rows, axis=1)
-    self_mask = jnp.tril(jnp.ones((rows.shape[1],) * 2, bool))[None] & valid[:, None, :]
-    run = Rows(rows, rope_tables(cfg, positions), self_mask)
-    ctx_mask = (jnp.arange(t)[None, None, :] < fact_cols[:, None, None]) & mask.astype(bool)[:, None, :]
-    start = jnp.take_along_axis(base.captured["resid"][layer], rows[..., None], axis=1)
-    above = unstack(params["blocks"], layer + 1, cfg.n_layers)
-    picks = (out_cols - fact_cols[:, None])[..., None]
-    mid = cfg.n_layers if nll_layer is None else nll_layer + 1
-
-    def segment(h: jax.Array, first: int, stop: int) -> jax.Array:
-        ctx = Context(base.captured["attn_k"][first:stop], base.captured["attn_v"][first:stop], ctx_mask)
-        blocks = above[first - layer - 1 : stop - layer - 1]
-        h, _ = run_layers(cfg, blocks, h, rows=run, iv=Interventions(), first=first, stop=stop, ctx=ctx)
-        return h
-
-    def read(h: jax.Array) -> jax.Array:
-        return jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h, picks, axis=1)), axis=-1)
-
-    post_norm = cfg.post_norms and site == "mlp"  # Gemma 2: the residual receives norm(MLP output)
-    if post_norm:
-        post = jax.tree.map(lambda a: a[layer], params["blocks"]["norm_mlp_post"])
-        out = base.captured["mlp"][layer, jnp.arange(ids.shape[0]), fact_cols]
-        joined = norm(cfg, post, out)
-
-    def into_residual(d: jax.Array) -> jax.Array:
-        """What adding d to the MLP output at the fact column adds to the residual after the layer."""
-        return norm(cfg, post, out + d.astype(out.dtype)) - joined if post_norm else d
-
-    def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = start.at[:, 0].add(into_residual(delta[batch["owner"]]).astype(start.dtype))
-        h_mid = segment(h, layer + 1, mid)
-        final = read(segment(h_mid, mid, cfg.n_layers))
-        return (final if nll_layer is None else read(h_mid)), final[:, 0]
-
-    delta, losses = adam_search(log_probs, v_init, batch, hp)
-    return delta, v_init, losses
-
-
-@partial(jax.jit, static_argnames=STATIC)
-def optimise_v_reference(
-    cfg: ModelConfig,
-    params: dict,
-    batch: dict[str, jax.Array],
-    *,
-    layer: int,
-    hp: Settings,
-    site: str = "mlp",
-    nll_layer: int | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The same search done the straightforward way: every step a full forward with δ as an additive intervention."""
-    ids, mask, fact_cols, out_cols = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols"))
-    base = forward_tokens(cfg, params, ids, mask, Interventions(capture=(site,)), fact_cols[:, None])
-    v_init = base.captured[site][layer, batch["first_rows"], fact_cols[batch["first_rows"]]]
-
-    def pick(x: jax.Array) -> jax.Array:
-        return jax.nn.log_softmax(jnp.take_along_axis(x, out_cols[..., None], axis=1), axis=-1)
-
-    def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        patch = Patch(jnp.array([layer]), fact_cols[None], delta[batch["owner"]][None])
-        out = forward_tokens(cfg, params, ids, mask, Interventions(mlp_add=patch, capture=("resid",)), None)
-        final = pick(out.logits)
-        nll = final if nll_layer is None else pick(unembed(cfg, params, out.captured["resid"][nll_layer]))
-        return nll, final[:, 0]
-
+    batch: VBatch.arrays(fast). nll_layer (MEMIT's v_loss_layer) reads the NLL from that layer's residual through
+    the final norm and head; None reads the model's logits (ROME always does). The KL term always reads the logits."""
+    captured, v_init = _unedited(cfg, params, batch, layer, site, ("resid", "attn_k", "attn_v") if fast else ())
+    build = _fast_log_probs if fast else _full_log_probs
+    log_probs = build(cfg, params, batch, captured, layer=layer, site=site, nll_layer=nll_layer)
     delta, losses = adam_search(log_probs, v_init, batch, hp)
     return delta, v_init, losses
 
@@ -341,16 +375,17 @@ def search(
     progress: the title of a progress bar over the requests (None: no bar)."""
     if len(reqs) != len(target_ids) or not reqs:
         raise ValueError(f"give one target per request and at least one request; got {len(reqs)}, {len(target_ids)}")
+    if site not in SITES:
+        raise ValueError(f"site={site!r}; accepted: {', '.join(SITES)}")
     n_programs = -(-len(reqs) // per_program)
     size = -(-len(reqs) // n_programs)  # even chunks: at most two program shapes per call
-    fn = optimise_v if fast else optimise_v_reference
-    settings = Settings.of(hp)
+    run = partial(optimise_v, lm.config, lm.params, layer=layer, site=SITES.index(site), hp=Settings.of(hp),
+                  nll_layer=nll_layer, fast=fast)  # fmt: skip
     parts = []
     with tqdm(total=len(reqs), desc=progress, disable=progress is None) as bar:
         for a in range(0, len(reqs), size):
             b = v_batch(lm, reqs[a : a + size], templates, target_ids[a : a + size], hp.fact_token)
-            arrays = b.arrays(fast)
-            parts.append(fn(lm.config, lm.params, arrays, layer=layer, hp=settings, site=site, nll_layer=nll_layer))
+            parts.append(run(b.arrays(fast)))
             jax.block_until_ready(parts[-1])
             bar.update(len(b.first_rows))
     delta, v_init, losses = (np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(3))

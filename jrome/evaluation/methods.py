@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from ..editing import alphaedit, memit, rome
 from ..editing.baselines import FTHparams, finetune, ft_hparams_for
 from ..editing.hparams import METHOD_HPARAMS, RomeHparams
+from ..editing.published import statistics_for
 from ..editing.requests import parse_requests
 from ..editing.sequential import AlphaEditor, MemitEditor, RomeEditor
-from ..editing.stats import statistics_for
 from ..editing.undo import RankOne
 from ..files import atomic_write_text
 from ..models.lm import LM
@@ -46,6 +46,7 @@ class Method(Protocol):
         lm: LM,
         folder: Path | None,
         overrides: dict[str, Any],
+        *,
         seed: int,
         progress: bool = True,
         download: bool = False,
@@ -92,8 +93,41 @@ def saved_hparams(
     return saved["hparams"]
 
 
+class Prepared:
+    """`prepare` as every method below does it: its hyperparameters made once (`hparams`, for the first start) and
+    saved with the run, then its context built from them (`context`)."""
+
+    name: str
+
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def prepare(
+        self,
+        lm: LM,
+        folder: Path | None,
+        overrides: dict[str, Any],
+        *,
+        seed: int,
+        progress: bool = True,
+        download: bool = False,
+    ) -> Any:
+        """See Method.prepare."""
+        self.check_overrides(overrides)
+        saved = saved_hparams(folder, self.name, lm, overrides, lambda: self.hparams(lm, overrides, seed, progress))
+        return self.context(lm, saved, progress=progress, download=download)
+
+    def hparams(self, lm: LM, overrides: dict[str, Any], seed: int, progress: bool) -> dict[str, Any] | None:
+        """The hyperparameters a first start uses (generated context templates included), as saved."""
+        raise NotImplementedError
+
+    def context(self, lm: LM, hparams: dict[str, Any] | None, *, progress: bool, download: bool) -> Any:
+        """The method's context from its saved hyperparameters."""
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True)
-class NoEdit:
+class NoEdit(Prepared):
     """The unedited model: its numbers before and after are the same."""
 
     name: str = "none"
@@ -103,24 +137,18 @@ class NoEdit:
         if overrides:
             raise ValueError(f"method 'none' takes no hyperparameters; got {sorted(overrides)}")
 
-    def prepare(
-        self,
-        lm: LM,
-        folder: Path | None,
-        overrides: dict[str, Any],
-        seed: int,
-        progress: bool = True,
-        download: bool = False,
-    ) -> None:
-        self.check_overrides(overrides)
-        saved_hparams(folder, self.name, lm, {}, lambda: None)
+    def hparams(self, lm: LM, overrides: dict[str, Any], seed: int, progress: bool) -> None:
+        return None
+
+    def context(self, lm: LM, hparams: None, *, progress: bool, download: bool) -> None:
+        return None
 
     def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: None) -> Iterator[LM]:
         return iter([lm] * len(cases))
 
 
 @dataclasses.dataclass(frozen=True)
-class Rome:
+class Rome(Prepared):
     """ROME (rrome=False) or r-ROME (the template-averaged key also in the closed form), with the model's preset."""
 
     name: str = "rome"
@@ -130,20 +158,12 @@ class Rome:
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         RomeHparams(layer=None).override(**overrides)
 
-    def prepare(
-        self,
-        lm: LM,
-        folder: Path | None,
-        overrides: dict[str, Any],
-        seed: int,
-        progress: bool = True,
-        download: bool = False,
-    ) -> RomeEditor:
-        def make() -> dict[str, Any]:
-            hp = rome.resolve_hparams(lm, {**overrides, "rrome": self.rrome})
-            return hp.override(context_templates=list(rome.context_templates(lm, hp, seed, progress))).to_dict()
+    def hparams(self, lm: LM, overrides: dict[str, Any], seed: int, progress: bool) -> dict[str, Any]:
+        hp = rome.resolve_hparams(lm, {**overrides, "rrome": self.rrome})
+        return hp.override(context_templates=list(rome.context_templates(lm, hp, seed, progress))).to_dict()
 
-        hp = RomeHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make))
+    def context(self, lm: LM, hparams: dict[str, Any], *, progress: bool, download: bool) -> RomeEditor:
+        hp = RomeHparams.from_dict(hparams)
         stats = None
         if hp.mom2_adjustment:
             stats = statistics_for(lm, hp, hp.layer, download=download, progress=progress)[hp.layer]
@@ -155,7 +175,7 @@ class Rome:
 
 
 @dataclasses.dataclass(frozen=True)
-class Memit:
+class Memit(Prepared):
     """MEMIT ("memit") or AlphaEdit ("alphaedit") with the model's preset of that method; edit_each edits each case
     alone from the unedited model (the cases' targets z searched as one batch; AlphaEdit with no earlier keys)."""
 
@@ -165,21 +185,13 @@ class Memit:
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         METHOD_HPARAMS[self.name](layers=None).override(**overrides)
 
-    def prepare(
-        self,
-        lm: LM,
-        folder: Path | None,
-        overrides: dict[str, Any],
-        seed: int,
-        progress: bool = True,
-        download: bool = False,
-    ) -> MemitEditor | AlphaEditor:
-        def make() -> dict[str, Any]:
-            hp = memit.resolve_hparams(lm, overrides, self.name)
-            flat = [t for group in memit.context_groups(lm, hp, seed, progress) for t in group]
-            return hp.override(context_templates=flat).to_dict()
+    def hparams(self, lm: LM, overrides: dict[str, Any], seed: int, progress: bool) -> dict[str, Any]:
+        hp = memit.resolve_hparams(lm, overrides, self.name)
+        flat = [t for group in memit.context_groups(lm, hp, seed, progress) for t in group]
+        return hp.override(context_templates=flat).to_dict()
 
-        hp = METHOD_HPARAMS[self.name].from_dict(saved_hparams(folder, self.name, lm, overrides, make))
+    def context(self, lm: LM, hparams: dict[str, Any], *, progress: bool, download: bool) -> MemitEditor | AlphaEditor:
+        hp = METHOD_HPARAMS[self.name].from_dict(hparams)
         stats = statistics_for(lm, hp, hp.layers, download=download, progress=progress)
         return MemitEditor(hp, stats) if self.name == "memit" else AlphaEditor(hp, alphaedit.null_spaces(stats, hp))
 
@@ -202,7 +214,7 @@ class FTContext:
 
 
 @dataclasses.dataclass(frozen=True)
-class FineTune:
+class FineTune(Prepared):
     """FT ("ft") or FT-L ("ft-l") with the model's preset."""
 
     name: str = "ft"
@@ -211,19 +223,11 @@ class FineTune:
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         FTHparams(layer=0).override(**overrides)
 
-    def prepare(
-        self,
-        lm: LM,
-        folder: Path | None,
-        overrides: dict[str, Any],
-        seed: int,
-        progress: bool = True,
-        download: bool = False,
-    ) -> FTContext:
-        def make() -> dict[str, Any]:
-            return ft_hparams_for(lm.name, lm.config.family, self.name).override(**overrides).to_dict()
+    def hparams(self, lm: LM, overrides: dict[str, Any], seed: int, progress: bool) -> dict[str, Any]:
+        return ft_hparams_for(lm.name, lm.config.family, self.name).override(**overrides).to_dict()
 
-        return FTContext(FTHparams.from_dict(saved_hparams(folder, self.name, lm, overrides, make)))
+    def context(self, lm: LM, hparams: dict[str, Any], *, progress: bool, download: bool) -> FTContext:
+        return FTContext(FTHparams.from_dict(hparams))
 
     def edit_each(self, lm: LM, cases: Sequence[EditCase], ctx: FTContext) -> Iterator[LM]:
         return (finetune(lm, c.request, ctx.hparams)[0] for c in cases)

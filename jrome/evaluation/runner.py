@@ -140,7 +140,7 @@ def run_eval(
     reused = {} if pre_from is None else pre_scores(pre_from, lm, settings)
     streaming = ({"ppl_tokens": ppl_tokens} if protocol else {}) | ({"curve_every": curve_every} if sequential else {})
     folder = _run_folder(out, settings | protocol | streaming, protocol)
-    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed, progress, download)
+    ctx = editor.prepare(lm, folder, dict(hparams or {}), seed=seed, progress=progress, download=download)
     references, generation_notes = _generation_setup(cases, max_out_len, download)
     notes += generation_notes
     run = Run(lm, editor, ctx, folder, max_out_len, seed, references, reused, progress)

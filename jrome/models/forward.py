@@ -213,6 +213,8 @@ def block(
     h = h + joins + out_joins if cfg.parallel_residual else h + out_joins
     if iv.resid is not None:
         h = iv.resid.overwrite(layer, cols, h)
+    if iv.resid_add is not None:
+        h = iv.resid_add.add_into(layer, cols, h)
     acts = {"resid": h, "mlp_key": key, "mlp": out, "attn": attn, "attn_k": k, "attn_v": v}
     return h, {name: acts[name] for name in iv.capture}
 
@@ -317,6 +319,17 @@ def forward_tokens(
 
 
 forward_tokens_jit = jax.jit(forward_tokens, static_argnums=0)
+
+
+def activations_below(
+    cfg: ModelConfig, params: Params, ids: jax.Array, mask: jax.Array, capture: tuple[str, ...], stop: int
+) -> dict[str, jax.Array]:
+    """The activations `capture` of layers 0..stop-1, each [stop, B, T, ...], for padded ids [B, T] (left or right);
+    the layers from `stop` on are not run (reading keys and residuals for an edit)."""
+    h = embed(cfg, params, ids, positions_from_mask(mask))
+    return run_layers(
+        cfg, params["blocks"], h, rows=Rows.causal(cfg, mask), iv=Interventions(capture=capture), stop=stop
+    )[1]
 
 
 def last_columns(mask: Any) -> Any:

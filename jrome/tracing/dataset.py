@@ -18,13 +18,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, check_settings, read_jsonl
-from ..interventions import Interventions
 from ..models.lm import LM
 from ..plots import CATEGORIES, plot_average_effects, plot_severed_effects
+from ..prediction import next_tokens
 from .budget import check_budget, facts_per_call, lanes_per_call
 from .causal import check_restoration, restore_many
 from .runs import Corruption, corruption, run_facts
@@ -134,28 +133,6 @@ def summarise(records: Iterable[dict], names: Sequence[str], n_layers: int, nois
     )
 
 
-def top_tokens(lm: LM, prompts: Sequence[str], *, per_call: int = 32, multiple_of: int = 16) -> np.ndarray:
-    """Each prompt's top next token, `per_call` prompts at a time, right-padded to a multiple of 16 tokens (a
-    forward is cheap next to a trace, so coarse shapes cost little and compile few programs)."""
-    from ..models.forward import forward_tokens_jit
-    from ..tokens import pad_id
-
-    rows = [lm.tokenizer(p)["input_ids"] for p in prompts]
-    top = np.zeros(len(rows), np.int64)
-    lengths = [-(-len(r) // multiple_of) * multiple_of for r in rows]
-    for n_cols in sorted(set(lengths)):
-        members = [i for i, n in enumerate(lengths) if n == n_cols]
-        for batch in _chunks(members, per_call):
-            ids = np.full((per_call, n_cols), pad_id(lm.tokenizer), np.int32)
-            mask, last = np.zeros_like(ids), np.zeros((per_call, 1), np.int32)
-            for j, i in enumerate(batch):
-                ids[j, : len(rows[i])], mask[j, : len(rows[i])], last[j] = rows[i], 1, len(rows[i]) - 1
-            out = forward_tokens_jit(lm.config, lm.params, *map(jax.device_put, (ids, mask)), Interventions(),
-                                     jax.device_put(last))  # fmt: skip
-            top[batch] = np.asarray(out.logits)[: len(batch), 0].argmax(-1)
-    return top
-
-
 def _by_bucket(lengths: Sequence[int]) -> dict[int, list[int]]:
     """Indices grouped by the length bucket of their prompt, in order."""
     groups: dict[int, list[int]] = {}
@@ -253,7 +230,7 @@ class _Log:
 
 def _answer_records(lm: LM, facts: Sequence[dict], todo: list[int]) -> list[dict]:
     """A record per fact of `todo`: the model's answer (its top token, "top"), and whether it is the attribute."""
-    tops = top_tokens(lm, [facts[i]["prompt"] for i in todo]) if todo else []
+    tops = next_tokens(lm, [facts[i]["prompt"] for i in todo]).top[:, 0] if todo else []
     records = []
     for i, top in zip(todo, tops, strict=True):
         answer = lm.tokenizer.decode([int(top)])
