@@ -3,6 +3,8 @@ the v* search's two implementations, context templates, and bad input."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -219,12 +221,12 @@ def test_each_request_of_a_batch_stops_and_is_clamped_on_its_own():
         owner = np.repeat(np.arange(len(rows)), 2)
         rewriting = np.tile([True, False], len(rows))
         of = np.arange(len(rows))[:, None] == owner[None]
-        batch = {
-            "targets": jnp.asarray(np.tile([[1, 3]], (2 * len(rows), 1)), jnp.int32),
-            "target_mask": jnp.asarray(np.outer(rewriting, [1.0, 1.0]), jnp.float32),
-            "nll_weight": jnp.asarray(of & rewriting, jnp.float32),
-            "kl_weight": jnp.asarray(of & ~rewriting, jnp.float32),
-        }
+        batch = SimpleNamespace(  # the fields of a VBatch the objective reads
+            targets=jnp.asarray(np.tile([[1, 3]], (2 * len(rows), 1)), jnp.int32),
+            target_mask=jnp.asarray(np.outer(rewriting, [1.0, 1.0]), jnp.float32),
+            nll_weight=jnp.asarray(of & rewriting, jnp.float32),
+            kl_weight=jnp.asarray(of & ~rewriting, jnp.float32),
+        )
 
         def log_probs(delta):
             logits = jnp.einsum("knvd,kd->knv", weights[jnp.array(rows)], delta) + base[jnp.array(rows)]

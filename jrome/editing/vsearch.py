@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from tqdm.auto import tqdm
 
 from ..interventions import Interventions, Patch
@@ -66,10 +67,10 @@ class Settings:
         return cls(hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor)
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class VBatch:
     """The prompts of the v* search for K requests, request after request: each one's rewriting prompts
-    (context + prompt + target[:-1]), then its KL prompts."""
+    (context + prompt + target[:-1]), then its KL prompts. A pytree: it crosses jit as one value."""
 
     ids: np.ndarray  # [B, T] left-padded
     mask: np.ndarray
@@ -81,22 +82,16 @@ class VBatch:
     nll_weight: np.ndarray  # [K, B] 1 / (rewriting rows) on request k's rewriting rows: the mean over templates
     kl_weight: np.ndarray  # [K, B] 1 / (KL rows) on request k's KL rows: the batch mean of the KL term
     first_rows: np.ndarray  # [K] each request's first row (where v_init is read)
+    rows: np.ndarray | None = None  # [B, R] the fast search's columns (with_rows); None for the full-forward one
 
-    @property
-    def rows(self) -> np.ndarray:
-        """[B, R]: each row's columns from its fact token on, clipped at the end (masked as padding there).
-
-        R, the longest such run, is rounded up to a multiple of 8 so that requests of similar lengths share
+    def with_rows(self) -> VBatch:
+        """The batch with `rows`: each row's columns from its fact token on, clipped at the end (masked as padding
+        there). R, the longest such run, is rounded up to a multiple of 8 so that requests of similar lengths share
         one compiled search: over an evaluation, compiling for every new R cost far more than the few extra
         columns."""
         width = self.ids.shape[1]
         run = padded_width(width - int(self.fact_cols.min()), 8)
-        return np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1)
-
-    def arrays(self, fast: bool = True) -> dict[str, np.ndarray]:
-        """What optimise_v reads (with `rows` when fast)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return fields | ({"rows": self.rows} if fast else {})
+        return self.replace(rows=np.minimum(self.fact_cols[:, None] + np.arange(run)[None], width - 1))
 
 
 def v_batch(
@@ -151,7 +146,7 @@ def v_batch(
 def objective(
     nll_log_probs: jax.Array,
     kl_log_probs: jax.Array,
-    batch: dict[str, jax.Array],
+    batch: VBatch,
     kl_init: jax.Array,
     delta: jax.Array,
     v_init: jax.Array,
@@ -162,12 +157,12 @@ def objective(
     nll_log_probs [B, N, V] at out_cols; kl_log_probs [B, V] at the fact column (only the KL rows count). ‖δ‖ has
     gradient 0 at δ = 0 here (optax.safe_norm), as in PyTorch; a plain norm's would be NaN at the first step.
     """
-    picked = jnp.take_along_axis(nll_log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-    tmask = batch["target_mask"]
+    picked = jnp.take_along_axis(nll_log_probs, batch.targets[..., None], axis=-1)[..., 0]
+    tmask = batch.target_mask
     row_nll = -(picked * tmask).sum(-1) / jnp.maximum(tmask.sum(-1), 1.0)
     row_kl = jnp.sum(jnp.exp(kl_log_probs) * (kl_log_probs - kl_init), axis=-1)
-    nll = batch["nll_weight"] @ row_nll
-    kl = hp.kl_factor * (batch["kl_weight"] @ row_kl)
+    nll = batch.nll_weight @ row_nll
+    kl = hp.kl_factor * (batch.kl_weight @ row_kl)
     decay = hp.weight_decay * optax.safe_norm(delta, 0.0, axis=-1) / jnp.sum(v_init * v_init, axis=-1)
     return jnp.stack([nll + kl + decay, nll, kl, decay], axis=-1)
 
@@ -175,9 +170,7 @@ def objective(
 LogProbs = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def adam_search(
-    log_probs: LogProbs, v_init: jax.Array, batch: dict[str, jax.Array], hp: Settings
-) -> tuple[jax.Array, jax.Array]:
+def adam_search(log_probs: LogProbs, v_init: jax.Array, batch: VBatch, hp: Settings) -> tuple[jax.Array, jax.Array]:
     """Adam on δ [K, D] from 0 with the original's early stop and norm clamp, per request: (δ, losses [K, steps, 4],
     NaN after a request stopped). The loop ends when every request has stopped.
 
@@ -236,32 +229,30 @@ def at_site(site: jax.Array, layer: int, cols: jax.Array, delta: jax.Array) -> I
 
 
 def _unedited(
-    cfg: ModelConfig, params: dict, batch: dict[str, jax.Array], layer: int, site: jax.Array, capture: tuple[str, ...]
+    cfg: ModelConfig, params: dict, batch: VBatch, layer: int, site: jax.Array, capture: tuple[str, ...]
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """The unedited run's activations (both sites and `capture`, every layer), and each request's v_init [K, D]:
     SITES[site] at `layer`, read at its first row's fact column."""
     iv = Interventions().capturing(*SITES, *capture)
-    fact_cols, first = batch["fact_cols"], batch["first_rows"]
-    captured = forward_tokens(cfg, params, batch["ids"], batch["mask"], iv, fact_cols[:, None]).captured
+    fact_cols, first = batch.fact_cols, batch.first_rows
+    captured = forward_tokens(cfg, params, batch.ids, batch.mask, iv, fact_cols[:, None]).captured
     v_init = jnp.stack([captured[name][layer, first, fact_cols[first]] for name in SITES])[site]
     return captured, v_init
 
 
-def _layer_input(
-    cfg: ModelConfig, params: dict, batch: dict[str, jax.Array], resid: jax.Array, layer: int
-) -> jax.Array:
+def _layer_input(cfg: ModelConfig, params: dict, batch: VBatch, resid: jax.Array, layer: int) -> jax.Array:
     """[B, 1, D]: the unedited residual entering `layer` at each row's fact column (the embeddings for layer 0)."""
-    cols = batch["fact_cols"][:, None]
+    cols = batch.fact_cols[:, None]
     if layer > 0:
         return jnp.take_along_axis(resid[layer - 1], cols[..., None], axis=1)
-    positions = jnp.take_along_axis(positions_from_mask(batch["mask"]), cols, axis=1)
-    return embed(cfg, params, jnp.take_along_axis(batch["ids"], cols, axis=1), positions)
+    positions = jnp.take_along_axis(positions_from_mask(batch.mask), cols, axis=1)
+    return embed(cfg, params, jnp.take_along_axis(batch.ids, cols, axis=1), positions)
 
 
 def _fast_log_probs(
     cfg: ModelConfig,
     params: dict,
-    batch: dict[str, jax.Array],
+    batch: VBatch,
     captured: dict[str, jax.Array],
     *,
     layer: int,
@@ -271,9 +262,9 @@ def _fast_log_probs(
     """log_probs(δ) of the v* search (see adam_search), computed only where δ can change anything.
 
     `layer` runs at the fact columns alone (δ enters there); the layers above run at the columns from each row's
-    fact token on (`rows` [B, R], see VBatch.rows), attending to a cache of the unedited run's earlier columns; logits
+    fact token on (`rows` [B, R], see VBatch.with_rows), attending to a cache of the unedited run's earlier columns; logits
     only at the columns the loss reads. Layers' weights are sliced once, outside the Adam loop."""
-    ids, mask, fact_cols, out_cols, rows = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols", "rows"))
+    ids, mask, fact_cols, out_cols, rows = batch.ids, batch.mask, batch.fact_cols, batch.out_cols, batch.rows
     valid = rows >= fact_cols[:, None] + jnp.arange(rows.shape[1])[None]  # clipped positions are padding
     positions = jnp.take_along_axis(positions_from_mask(mask), rows, axis=1)
     run = Rows(rows, rope_tables(cfg, positions), jnp.tril(jnp.ones((rows.shape[1],) * 2, bool))[None] & valid[:, None])
@@ -294,7 +285,7 @@ def _fast_log_probs(
         return jax.nn.log_softmax(unembed(cfg, params, jnp.take_along_axis(h, picks, axis=1)), axis=-1)
 
     def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        edited = segment(entering, fact, layer, layer + 1, at_site(site, layer, fact_cols, delta[batch["owner"]]))
+        edited = segment(entering, fact, layer, layer + 1, at_site(site, layer, fact_cols, delta[batch.owner]))
         h_mid = segment(start.at[:, :1].set(edited), run, layer + 1, mid, Interventions())
         final = read(segment(h_mid, run, mid, cfg.n_layers, Interventions()))
         return (final if nll_layer is None else read(h_mid)), final[:, 0]
@@ -305,7 +296,7 @@ def _fast_log_probs(
 def _full_log_probs(
     cfg: ModelConfig,
     params: dict,
-    batch: dict[str, jax.Array],
+    batch: VBatch,
     captured: dict[str, jax.Array],
     *,
     layer: int,
@@ -313,13 +304,13 @@ def _full_log_probs(
     nll_layer: int | None,
 ) -> LogProbs:
     """log_probs(δ) done the straightforward way, for checks: every step a full forward with δ added by at_site."""
-    ids, mask, fact_cols, out_cols = (batch[k] for k in ("ids", "mask", "fact_cols", "out_cols"))
+    ids, mask, fact_cols, out_cols = batch.ids, batch.mask, batch.fact_cols, batch.out_cols
 
     def pick(x: jax.Array) -> jax.Array:
         return jax.nn.log_softmax(jnp.take_along_axis(x, out_cols[..., None], axis=1), axis=-1)
 
     def log_probs(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        iv = at_site(site, layer, fact_cols, delta[batch["owner"]]).capturing("resid")
+        iv = at_site(site, layer, fact_cols, delta[batch.owner]).capturing("resid")
         out = forward_tokens(cfg, params, ids, mask, iv, None)
         final = pick(out.logits)
         nll = final if nll_layer is None else pick(unembed(cfg, params, out.captured["resid"][nll_layer]))
@@ -332,7 +323,7 @@ def _full_log_probs(
 def optimise_v(
     cfg: ModelConfig,
     params: dict,
-    batch: dict[str, jax.Array],
+    batch: VBatch,
     *,
     layer: int,
     site: jax.Array,
@@ -344,7 +335,7 @@ def optimise_v(
     losses [K, steps, 4]). fast: each step computed only where δ can change anything (_fast_log_probs), else
     the straightforward way (_full_log_probs).
 
-    batch: VBatch.arrays(fast). nll_layer (MEMIT's v_loss_layer) reads the NLL from that layer's residual through
+    batch: the VBatch (with_rows() when fast). nll_layer (MEMIT's v_loss_layer) reads the NLL from that layer's residual through
     the final norm and head; None reads the model's logits (ROME always does). The KL term always reads the logits."""
     captured, v_init = _unedited(cfg, params, batch, layer, site, ("resid", "attn_k", "attn_v") if fast else ())
     build = _fast_log_probs if fast else _full_log_probs
@@ -385,7 +376,7 @@ def search(
     with tqdm(total=len(reqs), desc=progress, disable=progress is None) as bar:
         for a in range(0, len(reqs), size):
             b = v_batch(lm, reqs[a : a + size], templates, target_ids[a : a + size], hp.fact_token)
-            parts.append(run(b.arrays(fast)))
+            parts.append(run(b.with_rows() if fast else b))
             jax.block_until_ready(parts[-1])
             bar.update(len(b.first_rows))
     delta, v_init, losses = (np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(3))
