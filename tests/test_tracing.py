@@ -228,9 +228,7 @@ def test_all_kinds_from_one_pair_of_runs_and_known_1000_fetched_on_first_use(tin
         assert result.noise_scale == alone.noise_scale > 0
 
 
-BF16_BOUND = (
-    0.08  # |p bfloat16 - p float32| per restoration; docs/scaling.md and BENCHMARKS.md give the measured values
-)
+BF16_BOUND = 0.05  # |p bfloat16 - p float32| per restoration: above the largest measured (0.041, BENCHMARKS.md)
 
 
 def test_a_bfloat16_trace_stays_within_its_documented_bound_of_float32(eiffel, eiffel_hidden):
