@@ -47,9 +47,16 @@ def next_tokens(
                 ids[j, : len(rows[i])], mask[j, : len(rows[i])], last[j] = rows[i], 1, len(rows[i]) - 1
             put = jax.device_put
             out = forward_tokens_jit(lm.config, lm.params, put(ids), put(mask), Interventions(), put(last))
-            logits = out.logits[: len(batch), 0]
-            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-            best = np.argsort(-np.asarray(logits), axis=-1, kind="stable")[:, :k]  # ties: the lower id, as argmax
+            logits = np.asarray(out.logits)[: len(batch), 0]  # on the host: eager jnp work would compile per shape
+            probs = softmax(logits)
+            best = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # ties: the lower id, as argmax
             top[batch], p_top[batch] = best, np.take_along_axis(probs, best, axis=-1)
             p[batch] = probs[:, list(tokens)]
     return NextTokens(top, p_top, p)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits [..., V], in float32, computed on the host."""
+    wide = logits.astype(np.float64)
+    e = np.exp(wide - wide.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -102,3 +102,5 @@ def test_trace_dataset_on_the_command_line_compiles_few_programs(tiny_dir, tiny_
     restorations = sum("jit(restoration_probs)" in line for line in programs)
     assert restorations == 4, programs  # lengths 4..10 fall into 4 buckets of even length (4, 6, 8, 10)
     assert len(programs) <= 30, "\n".join(programs)
+    names = {line.split()[1] for line in programs}  # no eager jnp work on per-fact shapes: only the named programs
+    assert names <= {"jit(forward_tokens)", "jit(run_prompts)", "jit(restoration_probs)"}, names
