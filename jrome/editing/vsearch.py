@@ -222,7 +222,7 @@ STATIC = ("cfg", "layer", "hp", "nll_layer", "fast")
 
 def at_site(site: jax.Array, layer: int, cols: jax.Array, delta: jax.Array) -> Interventions:
     """δ [B, D] added at `layer` in column cols [B] of each row, at SITES[site]. The other site's write is switched
-    off (layer -1), so the site is data and one compiled search serves both."""
+    off (layer -1): the site is data, not a static argument (programs still differ by layer and v* settings)."""
     layers = jnp.where(jnp.arange(len(SITES)) == site, layer, -1).astype(jnp.int32)
     mlp_add, resid_add = (Patch(layers[i : i + 1], cols[None], delta[None]) for i in range(len(SITES)))
     return Interventions(mlp_add=mlp_add, resid_add=resid_add)

@@ -347,6 +347,15 @@ def _host_or_traced(x: Any, dtype: Any = None) -> Any:
     return np.asarray(x, dtype)
 
 
+def check_token_ids(cfg: ModelConfig, ids: np.ndarray | jax.Array) -> None:
+    """One clear line for ids [B, T] the model cannot read: more tokens than its context, or (on the host) an id
+    outside its vocabulary."""
+    if ids.shape[1] > cfg.max_positions:
+        raise ValueError(f"{ids.shape[1]} tokens exceed the model's context of {cfg.max_positions} positions")
+    if isinstance(ids, np.ndarray) and ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got [{int(ids.min())}, {int(ids.max())}]")
+
+
 def forward(
     lm: LM,
     input_ids: Any,
@@ -367,10 +376,7 @@ def forward(
     ids = ids[None] if ids.ndim == 1 else ids
     if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"input_ids must be integer token ids of shape [batch, tokens]; got {ids.dtype} {ids.shape}")
-    if ids.shape[1] > cfg.max_positions:
-        raise ValueError(f"{ids.shape[1]} tokens exceed the model's context of {cfg.max_positions} positions")
-    if isinstance(ids, np.ndarray) and ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got [{int(ids.min())}, {int(ids.max())}]")
+    check_token_ids(cfg, ids)
     mask = np.ones(ids.shape, np.int32) if attention_mask is None else _host_or_traced(attention_mask)
     mask = mask[None] if mask.ndim == 1 else mask
     if mask.shape != ids.shape:
