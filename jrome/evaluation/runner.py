@@ -12,13 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..files import (
-    atomic_write_text,
-    check_settings,
-    json_safe,
-    read_jsonl,
-    setting_diffs,
-)
+from ..files import atomic_write_text, check_settings, json_safe, read_jsonl, setting_diffs
 from ..models.lm import LM
 from ..views import Summary
 from .consistency import References, load_references
