@@ -94,6 +94,7 @@ def measure(args: argparse.Namespace, folder: Path) -> dict:
     seconds, lm = timed(lambda: jrome.load(str(folder), dtype=args.dtype))
     out["param_gib"] = sum(x.nbytes for x in jax.tree.leaves(lm.params)) / (1 << 30)
     out["seconds"]["load"], out["peak_gib"]["load"] = seconds, peak_gib()
+    print(json.dumps(out), flush=True)  # after each step: a run that dies later (memory) keeps what it measured
     for kind in args.kinds:
         for call in ("first", "second"):
             seconds, _ = timed(
@@ -101,6 +102,7 @@ def measure(args: argparse.Namespace, folder: Path) -> dict:
             )
             out["seconds"][f"trace {kind} ({call})"] = seconds
         out["peak_gib"][f"trace {kind}"] = peak_gib()
+        print(json.dumps(out), flush=True)
     layer = SHAPES[args.model][2]
     hp = RomeHparams(layer=layer, v_num_grad_steps=args.steps, v_loss_layer=lm.config.n_layers - 1,
                      context_templates=("{}", "The weather is nice today. {}"))  # fmt: skip
