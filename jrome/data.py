@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .files import read_json_list
 
 BASE_URL = "https://rome.baulab.info/data"  # the original's REMOTE_ROOT_URL + "/data"
 OFFLINE_VARIABLES = ("JROME_OFFLINE", "HF_HUB_OFFLINE")
@@ -220,14 +222,14 @@ def load_known(path: str | os.PathLike | None = None, *, download: bool | None =
     """ROME's known facts (the published known_1000 unless `path`): dicts with subject, attribute, template, prompt,
     relation_id, known_id."""
     path = Path(path) if path is not None else fetch("known_1000", download=download)
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not JSON ({err})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of facts")
-    for i, record in enumerate(records):
-        missing_field = [k for k in ("subject", "attribute", "prompt") if k not in record]
-        if missing_field:
-            raise ValueError(f"{path}: known-facts record {i} has no field {missing_field[0]!r}")
+    records = read_json_list(path, "facts")
+    check_facts(records, where=f"{path}: ")
     return records
+
+
+def check_facts(facts: Sequence[dict], *, where: str = "") -> None:
+    """Every fact has the fields tracing reads (prompt, subject, attribute); else one line naming the first gap."""
+    for i, fact in enumerate(facts):
+        missing = [k for k in ("prompt", "subject", "attribute") if k not in fact]
+        if missing:
+            raise ValueError(f"{where}fact {i} has no field {missing[0]!r}; facts need prompt, subject and attribute")

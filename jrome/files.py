@@ -130,3 +130,14 @@ def check_settings(folder: str | os.PathLike, settings: dict, log: str) -> None:
         raise ValueError(f"{folder} holds {log} but no settings.json, so it cannot be resumed safely{fresh}")
     else:
         atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def read_json_list(path: str | os.PathLike, what: str) -> list:
+    """A JSON file holding a list (of `what`); a file that is not JSON, or not a list, is one line naming it."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of {what}")
+    return records

@@ -7,13 +7,13 @@ Files are read from $JROME_DATA_DIR, else from the published copies, fetched int
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..data import data_dir, fetch, find, may_download, missing
 from ..editing.requests import Request
+from ..files import read_json_list
 
 DATASETS = ("counterfact", "zsre")
 # Local file names to look for (first found wins); the published file (jrome.data.FILES, by the same name) otherwise.
@@ -160,12 +160,7 @@ def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool | None = 
 
 def read_cases(kind: str, path: Path) -> list[EditCase]:
     """The cases of a dataset file in `kind`'s format; a file that is not a JSON list of records is an error naming it."""
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records")
+    records = read_json_list(path, "records")
     return parse_zsre(records, str(path)) if kind == "zsre" else parse_counterfact(records, str(path))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import check_facts
 from ..files import append_jsonl, atomic_write_bytes, atomic_write_text, check_settings, read_jsonl
 from ..models.lm import LM
 from ..plots import CATEGORIES, plot_average_effects, plot_severed_effects
@@ -165,10 +166,7 @@ def _check_request(facts: Sequence[dict], kinds: Sequence[str], sever: str | Seq
     severed = (sever,) if isinstance(sever, str) else tuple(sever or ())
     if any(m not in SEVER for m in severed):
         raise ValueError(f"sever={sever!r}; accepted: 'mlp', 'attn', or both")
-    for i, fact in enumerate(facts):
-        missing = [k for k in ("prompt", "subject", "attribute") if k not in fact]
-        if missing:
-            raise ValueError(f"fact {i} has no field {missing[0]!r}; facts need prompt, subject and attribute")
+    check_facts(facts)
     return severed
 
 
