@@ -126,6 +126,20 @@ def test_a_second_edit_of_the_same_shapes_does_not_recompile(smollm2, golden_rom
     assert undo.edits[0].request.target_new == "London"
 
 
+def test_targets_of_three_and_four_tokens_share_one_search_program(tiny_lm):
+    lm = tiny_lm("llama")
+    hp = RomeHparams(layer=1, v_num_grad_steps=2, context_templates=("{}",))
+    four = Request("{} is in", "the eiffel tower", "the city of rome")  # prompts of one width: only N differs
+    three = Request("{} is in", "the eiffel tower", "the city rome")
+    assert [len(target_ids(lm, r)) for r in (four, three)] == [4, 3]
+    batch = v_batch(lm, [three], ("{}",), [target_ids(lm, three)], "subject_last")
+    assert batch.out_cols.shape[1] == 4 and batch.target_mask.sum(axis=1).tolist() == [3.0, 0.0]
+    search(lm, [four], ("{}",), [target_ids(lm, four)], 1, hp)
+    with CompileLog() as log:
+        search(lm, [three], ("{}",), [target_ids(lm, three)], 1, hp)
+    assert "jit(optimise_v)" not in log.counts(), log.counts()
+
+
 def test_edit_each_and_apply_give_the_same_edit_and_an_exact_undo(smollm2, eiffel_edit, golden_rome, golden_hparams):
     requests = [
         EIFFEL,

@@ -75,7 +75,8 @@ class VBatch:
     ids: np.ndarray  # [B, T] left-padded
     mask: np.ndarray
     fact_cols: np.ndarray  # [B] the column where δ is added (the fact token)
-    out_cols: np.ndarray  # [B, N] columns whose logits the loss reads (KL rows: the fact column)
+    out_cols: np.ndarray  # [B, N] columns whose logits the loss reads (KL rows: the fact column); N: the longest
+    # target rounded up to a power of two, so that targets of similar lengths share one compiled search
     targets: np.ndarray  # [B, N] the target ids read at out_cols (rewriting rows; 0 where unused)
     target_mask: np.ndarray  # [B, N] 1.0 where out_cols holds one of the row's target tokens
     owner: np.ndarray  # [B] the request each row belongs to
@@ -116,7 +117,7 @@ def v_batch(
             owner.append(k)
             n_targets.append(len(target) if is_rewrite else 0)
             rewriting.append(is_rewrite)
-    b, n = len(rows), max(len(t) for t in target_ids)
+    b, n = len(rows), 1 << (max(len(t) for t in target_ids) - 1).bit_length()  # N a power of two: fewer programs
     width = padded_width(max(len(r) for r in rows), 8)
     ids = np.full((b, width), pad_id(tok), np.int32)
     mask = np.zeros((b, width), np.int32)
