@@ -699,7 +699,7 @@ def _add_eval(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--curve-every", type=count(), default=1,
-        help="with --sequential: score the cases so far, perplexity and kernel norms every K chunks (>= 1)",
+        help="with --sequential: score the cases so far every K chunks (>= 1); perplexity and kernel norms follow every chunk",
     )  # fmt: skip
     p.add_argument(
         "--targets-from",

@@ -175,6 +175,26 @@ def test_memits_batch_protocol_and_a_sequential_run_with_its_curve_and_resume(ti
     assert (tmp_path / "l.png").stat().st_size > 1000
 
 
+def test_every_chunk_has_a_health_point_and_every_curve_every_th_is_scored(tiny_lm, tmp_path):
+    """Scoring the edits so far grows with them; perplexity and kernel norms do not, so they follow every chunk."""
+    from jrome.evaluation import load_dataset, methods, run_eval
+    from jrome.evaluation.health import heldout_windows, kernel_norms, perplexity
+
+    lm = tiny_lm("llama")
+    (tmp_path / "cf.json").write_text(json.dumps(RECORDS))
+    summary = run_eval(lm, "memit", tmp_path / "cf.json", out=tmp_path / "seq", hparams=MEMIT_SMALL, max_out_len=0,
+                       ppl_tokens=256, num_edits=1, sequential=True, curve_every=3, progress=False)  # fmt: skip
+    curve = summary["curve"]
+    assert [p["edits"] for p in curve] == [0, 1, 2, 3, 4]
+    assert [bool(p["metrics"]) for p in curve] == [False, False, False, True, True]
+    editor = methods.METHODS["memit"].prepare(lm, tmp_path / "seq", MEMIT_SMALL, seed=0, progress=False)
+    cases = load_dataset(tmp_path / "cf.json")
+    two = editor.step(editor.step(editor.start(lm), [cases[0].request])[0], [cases[1].request])[0].lm
+    assert curve[2]["perplexity"] == perplexity(two, heldout_windows(lm, 256)) != curve[0]["perplexity"]
+    assert curve[2]["kernel_norms"] == kernel_norms(two)
+    assert "| 2 | – | – | – |" in (tmp_path / "seq/summary.md").read_text()
+
+
 def test_protocol_bad_input(tiny_lm, tmp_path):
     from jrome.evaluation import run_eval
 

@@ -5,9 +5,10 @@ The edits are the method's `Editor` folded over the chunks (`editing.sequential`
 
     state.npz      the editor state after the last finished chunk: an interrupted run resumes there
     chunks.jsonl   per chunk applied: the edits so far and its seconds
-    curve.jsonl    per checkpoint (the unedited model, every `curve_every` chunks, the last chunk): the scores of the
-                   cases edited so far on the current model beside their unedited scores, perplexity on held-out
-                   WikiText-2, every layer's MLP output kernel norm, and the edit seconds so far
+    curve.jsonl    per point (the unedited model, then after every chunk): perplexity on held-out WikiText-2, every
+                   layer's MLP output kernel norm and the edit seconds so far; every `curve_every` chunks and after
+                   the last, also the scores of the cases edited so far on the current model beside their unedited
+                   scores (scoring them all is what grows with the edits: the health costs one short forward)
     cases.jsonl    per case, after the last chunk: its unedited and final scores
 """
 
@@ -43,8 +44,9 @@ def checkpoint(run: Run, state: EditorState, cases: Sequence[EditCase], pres: li
 def run_sequential(
     run: Run, cases: Sequence[EditCase], done: dict, num_edits: int, curve_every: int, windows: np.ndarray | None
 ) -> dict[int, dict]:
-    """Apply the cases in chunks of num_edits, each on the model the chunks before produced; checkpoint every
-    curve_every chunks and after the last; score every case on the final model. Returns the new case records."""
+    """Apply the cases in chunks of num_edits, each on the model the chunks before produced; a curve point after every
+    chunk, scored every curve_every chunks and after the last; score every case on the final model. Returns the new
+    case records."""
     folder, editor = run.folder, run.ctx
     state = start = editor.start(run.lm)
     if folder is not None and (folder / "state.npz").is_file():
@@ -60,18 +62,24 @@ def run_sequential(
         return edits == len(cases) or (edits // num_edits) % curve_every == 0
 
     posts = None
-    if state.edits and due(state.edits) and state.edits not in log.curve:  # interrupted before its checkpoint
-        point, posts = checkpoint(run, state, cases, pres, windows, log.seconds())
+
+    def add_point() -> None:
+        """The curve's point after this chunk: scored when due, else the model's health alone."""
+        nonlocal posts
+        if due(state.edits):
+            point, posts = checkpoint(run, state, cases, pres, windows, log.seconds())
+        else:
+            point = {"edits": state.edits, "metrics": {}} | health(state.lm, windows) | {"seconds_edit": log.seconds()}
         log.add_point(point)
+
+    if state.edits and state.edits not in log.curve:  # interrupted before its point
+        add_point()
     chunks = range(state.edits, len(cases), num_edits)
     for first in tqdm(chunks, "sequential chunks", disable=not run.progress):
         start = time.perf_counter()
         state, _ = editor.step(state, [c.request for c in cases[first : first + num_edits]])
-        seconds = time.perf_counter() - start
-        log.add_chunk(state, seconds)
-        if due(state.edits):
-            point, posts = checkpoint(run, state, cases, pres, windows, log.seconds())
-            log.add_point(point)
+        log.add_chunk(state, time.perf_counter() - start)
+        add_point()
     last = log.curve.get(len(cases), {}).get("seconds_score", 0.0) if posts is not None else 0.0
     return _finish(run, state, cases, done, pres, posts, log.seconds(), last / len(cases), num_edits)
 

@@ -120,8 +120,8 @@ def run_eval(
     batch: cases edited together, each still from the unedited model (ROME, r-ROME, MEMIT, AlphaEdit search their v*
     as one program); a case's edit seconds are its share of the batch's common work plus its own.
     num_edits > 1: MEMIT's batch protocol, chunks of N cases each edited at once; with `sequential`, the chunks one
-    after another on one model, checkpoints every `curve_every` chunks (perplexity over ppl_tokens held-out tokens;
-    0: none). See docs/evaluation.md.
+    after another on one model, perplexity (over ppl_tokens held-out tokens; 0: none) and kernel norms after every
+    chunk, and the scores of the cases so far every `curve_every` chunks. See docs/evaluation.md.
     download: whether a published dataset, RS file, key statistics file or corpus that is neither in $JROME_DATA_DIR
     nor cached is fetched (as jrome.data.fetch; None: unless offline). The dataset file read is printed and recorded
     (settings.json, summary.json).
