@@ -76,10 +76,11 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     for metric, values in summary["metrics"].items():
         lines.append(f"| {metric} | {cell(values.get('pre'))} | {cell(values.get('post'))} |")
     lines += [f"\n{note}" for note in summary.get("notes", [])]
-    if summary.get("curve"):  # a sequential run: how the edits so far held up after each checkpoint
+    if summary.get("curve"):  # a sequential run: how the model held up after each chunk
         hp = summary["hparams"]
         layers = hp["layers"] if "layers" in hp else [hp["layer"]]
-        lines += ["", "The edits so far after each checkpoint (× 100):", "", curve_table(summary["curve"], layers)]
+        title = "After each chunk: scores of the edits so far (× 100; – where not scored), perplexity, kernel growth:"
+        lines += ["", title, "", curve_table(summary["curve"], layers)]
     return "\n".join(lines) + "\n"
 
 
