@@ -41,6 +41,11 @@ def checkpoint(run: Run, state: EditorState, cases: Sequence[EditCase], pres: li
     return point | {"seconds_edit": seconds, "seconds_score": time.perf_counter() - start}, posts
 
 
+def _health_point(lm, edits: int, windows, seconds: float) -> dict:
+    """An unscored curve point: the model's perplexity and kernel norms after `edits` edits."""
+    return {"edits": edits, "metrics": {}} | health(lm, windows) | {"seconds_edit": seconds}
+
+
 def run_sequential(
     run: Run, cases: Sequence[EditCase], done: dict, num_edits: int, curve_every: int, windows: np.ndarray | None
 ) -> dict[int, dict]:
@@ -56,30 +61,24 @@ def run_sequential(
     log = _Log(folder, start)
     pres = run.pre(cases)
     if 0 not in log.curve:
-        log.add_point({"edits": 0, "metrics": {}} | health(run.lm, windows) | {"seconds_edit": 0.0})
+        log.add_point(_health_point(run.lm, 0, windows, 0.0))
 
-    def due(edits: int) -> bool:
-        return edits == len(cases) or (edits // num_edits) % curve_every == 0
-
-    posts = None
-
-    def add_point() -> None:
-        """The curve's point after this chunk: scored when due, else the model's health alone."""
-        nonlocal posts
-        if due(state.edits):
+    def add_point(state: EditorState) -> list[dict] | None:
+        """Log the curve's point after this chunk: scored when due (returning the posts), else the health alone."""
+        if state.edits == len(cases) or (state.edits // num_edits) % curve_every == 0:
             point, posts = checkpoint(run, state, cases, pres, windows, log.seconds())
         else:
-            point = {"edits": state.edits, "metrics": {}} | health(state.lm, windows) | {"seconds_edit": log.seconds()}
+            point, posts = _health_point(state.lm, state.edits, windows, log.seconds()), None
         log.add_point(point)
+        return posts
 
-    if state.edits and state.edits not in log.curve:  # interrupted before its point
-        add_point()
+    posts = add_point(state) if state.edits and state.edits not in log.curve else None  # interrupted before it
     chunks = range(state.edits, len(cases), num_edits)
     for first in tqdm(chunks, "sequential chunks", disable=not run.progress):
         start = time.perf_counter()
         state, _ = editor.step(state, [c.request for c in cases[first : first + num_edits]])
         log.add_chunk(state, time.perf_counter() - start)
-        add_point()
+        posts = add_point(state)  # the last chunk's point is always scored
     last = log.curve.get(len(cases), {}).get("seconds_score", 0.0) if posts is not None else 0.0
     return _finish(run, state, cases, done, pres, posts, log.seconds(), last / len(cases), num_edits)
 
