@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..editing.sequential import EditorState, load_state, save_state
 from ..files import append_jsonl, read_jsonl
+from ..models.lm import LM
 from .datasets import EditCase
 from .health import health
 from .protocols import Run
@@ -41,7 +42,7 @@ def checkpoint(run: Run, state: EditorState, cases: Sequence[EditCase], pres: li
     return point | {"seconds_edit": seconds, "seconds_score": time.perf_counter() - start}, posts
 
 
-def _health_point(lm, edits: int, windows, seconds: float) -> dict:
+def _health_point(lm: LM, edits: int, windows: np.ndarray | None, seconds: float) -> dict:
     """An unscored curve point: the model's perplexity and kernel norms after `edits` edits."""
     return {"edits": edits, "metrics": {}} | health(lm, windows) | {"seconds_edit": seconds}
 
