@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=2000, help="first CounterFact record (away from the evaluation's)")
     parser.add_argument("--fresh-edits", type=int, help="edits of the compiled-per-edit way (default: --edits)")
     args = parser.parse_args()
+    args.fresh_edits = args.edits if args.fresh_edits is None else args.fresh_edits
+    if min(args.edits, args.batch) < 1 or not 1 <= args.fresh_edits <= args.edits:
+        parser.error(f"need --edits and --batch >= 1 and 1 <= --fresh-edits <= --edits; got {args.edits}, {args.batch}, {args.fresh_edits}")  # fmt: skip
     lm = jrome.load("smollm2")
     cases = load_dataset("counterfact")[args.first : args.first + 5 * args.edits]
     requests = [c.request for c in cases]
@@ -82,7 +85,7 @@ def main() -> None:
     ways = (("runner", args.batch, (0, 1)), ("per edit", 1, (2, 3)), ("compiled per edit", 1, (4,)))
     for name, size, sets in ways:
         for pass_, index in zip(("first (compiles)", "second (timed)") if len(sets) > 1 else ("one",), sets, strict=True):  # fmt: skip
-            count = (args.fresh_edits or args.edits) if name == "compiled per edit" else args.edits
+            count = args.fresh_edits if name == "compiled per edit" else args.edits
             part = requests[index * args.edits : index * args.edits + count]
             seconds, compiled = timed(editor, lm, part, size, fresh=name == "compiled per edit")
             rates[name] = 60 * count / seconds
